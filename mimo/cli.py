@@ -1,0 +1,35 @@
+"""The `mimo` command: one entry point, each subcommand a typed function living in its own module.
+
+Subcommands are registered here and nowhere else, so `mimo --help` is the full map of what mimo does.
+"""
+
+import typer
+
+app = typer.Typer(
+    name="mimo",
+    help="MiMo reasoning LLMs: model, training, RL, inference, evaluation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """MiMo reasoning LLMs: model, training, RL, inference, evaluation."""
+
+
+def _register() -> None:
+    # Imports live here so that importing mimo.cli stays cheap for tools that only need `app`.
+    from mimo.checkpoint import info
+
+    app.command("info")(info)
+
+
+def main() -> None:
+    _register()
+    app()
+
+
+if __name__ == "__main__":
+    main()
