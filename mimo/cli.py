@@ -25,6 +25,28 @@ def _register() -> None:
 
     app.command("info")(info)
 
+    from mimo.serve.chat import chat, generate
+    from mimo.serve.server import serve
+
+    app.command("serve")(serve)
+    app.command("generate")(generate)
+    app.command("chat")(chat)
+    from mimo.eval.harness import eval_command
+
+    app.command("eval")(eval_command)
+    from mimo.rl.train import rl
+
+    app.command("rl")(rl)
+    from mimo.quickstart import quickstart
+    from mimo.train.plot import plot
+    from mimo.train.pretrain import pretrain
+    from mimo.train.sft import sft
+
+    app.command("pretrain")(pretrain)
+    app.command("sft")(sft)
+    app.command("quickstart")(quickstart)
+    app.command("plot")(plot)
+
 
 def main() -> None:
     _register()

@@ -83,8 +83,11 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return [build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]):
         return {k: build(args[1], v, f"{where}.{k}") for k, v in (value or {}).items()}
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if hint is float and not isinstance(value, bool) and isinstance(value, (int, str)):
+        try:  # PyYAML reads 1e-3 (no dot) as a string; accept it as the float it means
+            return float(value)
+        except ValueError:
+            raise RecipeError(f"{where}: expected float, got {value!r}") from None
     if hint in (int, float, str, bool) and not isinstance(value, hint):
         raise RecipeError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value

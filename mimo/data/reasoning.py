@@ -268,15 +268,18 @@ def mixed_problem(families: list[str], difficulties: list[int], split: str, seed
 
 
 def heldout_set(families: list[str], difficulties: list[int], per_tier: int, seed: int = 0) -> list[Problem]:
-    """`per_tier` distinct held-out problems for every (family, difficulty), in a fixed order."""
-    problems = []
+    """`per_tier` held-out problems for every (family, difficulty), in a fixed order, no problem twice
+    (tiers can overlap: a tier-3 linear equation may happen to look like a tier-2 one)."""
+    problems, seen = [], set()
     for family in families:
         for difficulty in difficulties:
-            seen: dict[str, Problem] = {}
+            tier: list[Problem] = []
             for index in range(per_tier * 50):
                 p = make_problem(family, difficulty, "heldout", seed, index)
-                seen.setdefault(p.key, p)
-                if len(seen) == per_tier:
+                if p.key not in seen:
+                    seen.add(p.key)
+                    tier.append(p)
+                if len(tier) == per_tier:
                     break
-            problems += seen.values()
+            problems += tier
     return problems

@@ -77,6 +77,10 @@ class _Detokenizer:
             return full[len(prefix):]
         return ""
 
+    def flush(self, ids: list[int]) -> str:
+        """Whatever is still held back (a trailing partial character) once the output has ended."""
+        return self.decode(ids[self.prefix_offset:])[len(self.decode(ids[self.prefix_offset:self.read_offset])):]
+
 
 @dataclass(eq=False)
 class _Sequence:
@@ -299,16 +303,11 @@ class Engine:
 
     def _prefill(self, requests: list[_Request]) -> None:
         start = len(self.running)
-        firsts = [r.seqs[0] for r in requests]
-        for i, seq in enumerate(firsts):  # first samples take contiguous slots, so one batched forward
-            seq.slot = start + i
-        for seq in (s for r in requests for s in r.seqs[1:]):
-            seq.slot = start + len(firsts) + sum(1 for s in self.running[start:] if s not in firsts)
-            self.running.append(seq) if False else None
-        self.running.extend(firsts)
+        # First samples take contiguous slots so one batched forward prefills them all.
+        self.running.extend(r.seqs[0] for r in requests)
         self.running.extend(s for r in requests for s in r.seqs[1:])
-        for i, seq in enumerate(self.running):
-            seq.slot = i
+        for i in range(start, len(self.running)):
+            self.running[i].slot = i
 
         lengths = [len(r.prompt) for r in requests]
         T = max(lengths)
@@ -333,14 +332,16 @@ class Engine:
     def _choose(self, logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]):
         """Pick one token per row -> (tokens, sampling log-probs, raw log-probs, top log-probs or None)."""
         raw = logits.log_softmax(-1)
-        scaled = process_logits(logits, params)
-        greedy = torch.tensor([p.greedy for p in params], device=logits.device)
         chosen = logits.argmax(-1)
-        if not bool(greedy.all()):
+        if all(p.greedy for p in params):
+            sampled_lp = [0.0] * len(params)
+        else:
+            scaled = process_logits(logits, params)
+            greedy = torch.tensor([p.greedy for p in params], device=logits.device)
             noise = exponential_noise(generators, logits.shape[-1], logits.device, self._generator)
             chosen = torch.where(greedy, chosen, sample_from(scaled.softmax(-1), noise))
-        sampled_lp = scaled.log_softmax(-1).gather(-1, chosen[:, None])[:, 0].masked_fill(greedy, 0.0)
-        return (chosen.tolist(), sampled_lp.tolist(), raw.gather(-1, chosen[:, None])[:, 0].tolist(),
+            sampled_lp = scaled.log_softmax(-1).gather(-1, chosen[:, None])[:, 0].masked_fill(greedy, 0.0).tolist()
+        return (chosen.tolist(), sampled_lp, raw.gather(-1, chosen[:, None])[:, 0].tolist(),
                 self._top_logprobs(raw, params))
 
     @staticmethod
@@ -368,11 +369,13 @@ class Engine:
         lengths = torch.tensor([len(s.tokens) for s in seqs], device=device)
         positions = lengths[:, None] - 1 + torch.arange(M + 1, device=device)
         hidden = self._trunk(input_ids, positions, 0)
-        if M == 0:
+        if M == 0:  # plain decoding (or nothing worth drafting): one batched choice
             logits = self._logits(hidden[:, 0])
             tokens, lp, raw, top = self._choose(logits, [s.params for s in seqs], [s.generator for s in seqs])
             for i, seq in enumerate(seqs):
                 self._emit(seq, tokens[i], lp[i], raw[i], top[i] if top else None)
+                if self.k:
+                    seq.pending = hidden[i, :1]
             return
         rows = [(b, t) for b, d in enumerate(drafts) for t in range(len(d) + 1)]
         flat = hidden[torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])]
@@ -412,7 +415,8 @@ class Engine:
                     token = target[j]
                 else:  # resample from the residual max(0, p - q)
                     residual = (log_p[j].exp() - q[j]).clamp(min=0)
-                    token = self._sample_row(residual / residual.sum(), seq)
+                    total = residual.sum()
+                    token = self._sample_row(residual / total if total > 0 else log_p[j].exp(), seq)
             else:
                 ok = False
                 token = target[j] if greedy else self._sample_row(log_p[j].exp(), seq)
@@ -501,16 +505,20 @@ class Engine:
             sample.top_logprobs.append(top or {})
         self.stats.generation_tokens += 1
         stop_token = token in params.stop_token_ids or (token in self.eos_token_ids and not params.ignore_eos)
-        if seq.detokenizer is not None and not stop_token:
+        detok = seq.detokenizer
+        if detok is not None and stop_token:  # the stop token itself is not part of the text
+            sample.text += detok.flush(sample.token_ids[:-1])
+        elif detok is not None:
             old = len(sample.text)
-            sample.text += seq.detokenizer.delta(sample.token_ids)
-            for stop in params.stop:
-                at = sample.text.find(stop, max(0, old - len(stop) + 1))
-                if at >= 0:
-                    sample.text = sample.text[:at]
-                    stop_token = True
+            sample.text += detok.delta(sample.token_ids)
+            hits = [at for stop in params.stop if (at := sample.text.find(stop, max(0, old - len(stop) + 1))) >= 0]
+            if hits:
+                sample.text = sample.text[:min(hits)]
+                stop_token = True
         if stop_token:
             sample.finish_reason = "stop"
         elif len(sample.token_ids) >= params.max_tokens or len(seq.tokens) >= self.max_seq_len:
             sample.finish_reason = "length"
+            if detok is not None:
+                sample.text += detok.flush(sample.token_ids)
         return sample.finish_reason is not None

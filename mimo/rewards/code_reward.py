@@ -39,7 +39,7 @@ FENCED = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 class CodeTests:
     """The tests of one problem. Give `asserts` (snippets run after the solution, in its namespace; a test
     passes when it raises nothing) or `io` ((stdin, expected stdout) pairs), not both. `setup` is code
-    run before the solution (imports the tests need). `limits` bound each sandbox run: all asserts share
+    run after the solution and before the tests (imports or fixtures the tests need, as MBPP's). `limits` bound each sandbox run: all asserts share
     one run; every io pair is its own run."""
 
     asserts: tuple[str, ...] = ()
@@ -101,7 +101,7 @@ def extract_code(reply: str) -> str | None:
 def run_tests(code: str, tests: CodeTests, pool: SandboxPool, stop_on_failure: bool = False) -> list[SandboxResult | None]:
     """One SandboxResult per test (for asserts, the single shared run repeated). With stop_on_failure,
     io tests not yet started when one fails are skipped and come back as None."""
-    program = f"{tests.setup}\n{code}" if tests.setup else code
+    program = f"{code}\n{tests.setup}" if tests.setup else code
     if tests.asserts:
         result = pool.submit(program, tests=list(tests.asserts), limits=tests.limits).result()
         return [result] * len(tests.asserts)

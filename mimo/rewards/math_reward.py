@@ -4,7 +4,7 @@ Extraction (`extract_answer`), on the text after the last `</think>` when the re
     1. the last `\boxed{...}` (or `\fbox{...}`), braces balanced;
     2. else the last `#### X` line (GSM8K style);
     3. else the last "answer is X" / "answer: X" (up to the end of its line, trailing period dropped);
-    4. else the whole reply, when it is one short line (a reply that is only the answer).
+    4. else the whole reply, when it is one short line without `\boxed` (a reply that is only the answer).
 There is deliberately no "last number in the text" fallback: in RL it rewards a lucky number in a
 rambling reply, which is a false positive the policy can learn to exploit.
 
@@ -53,7 +53,8 @@ def extract_answer(completion: str) -> str | None:
             answer = matches[-1].strip().rstrip(".").strip()
             return answer.strip("$").strip() or None
     text = text.strip()
-    return text.strip("$").strip() if text and "\n" not in text and len(text) <= MAX_BARE_ANSWER else None
+    bare = text and not starts and "\n" not in text and len(text) <= MAX_BARE_ANSWER
+    return text.strip("$").strip() if bare else None
 
 
 def _as_latex(answer: str) -> str:

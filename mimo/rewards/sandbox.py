@@ -130,7 +130,10 @@ def _run(code: str, stdin: str, limits: SandboxLimits, tests: list[str] | None) 
             outputs[name] = f.read(limits.max_output_bytes if name != "report" else 1 << 24)
             f.close()
         stdout_size = (root / "stdout").stat().st_size + (root / "stderr").stat().st_size
-        return _verdict(outputs, limits, wall, backstop, stdout_size)
+        result = _verdict(outputs, limits, wall, backstop, stdout_size)
+        if tests is not None and result.ok and len(result.test_results) < len(tests):
+            result.status, result.detail = "error", "exited before its tests finished"
+        return result
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

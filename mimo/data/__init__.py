@@ -1,0 +1,1 @@
+"""Data: the built-in reasoning problems, loaders for the user's corpora and chats, sequence packing."""
