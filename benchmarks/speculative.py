@@ -82,16 +82,17 @@ def main() -> None:
     prompts = [tok.encode(line(rng) + "\n" + line(rng)[:12]) for _ in range(args.prompts)]
     decode(Engine(model, num_speculative_tokens=1), prompts[:1], 16)  # warm-up
     base_rate, base = decode(Engine(model), prompts, args.max_tokens)
-    print(f"{'k':>3} {'tok/s':>8} {'speed-up':>9}  acceptance per draft position   mean tokens/step")
+    print(f"{'k':>3} {'tok/s':>8} {'speed-up':>9}  accepted/proposed per draft position        tokens/step")
     print(f"{'off':>3} {base_rate:>8.1f} {1.0:>8.2f}x")
     for k in (1, 2, 3):
         engine = Engine(model, num_speculative_tokens=k)
         rate, outs = decode(engine, prompts, args.max_tokens)
         assert outs == base, "speculative greedy output differs from plain decoding"
-        acc = engine.stats.acceptance_rate
+        stats = engine.stats
+        acc = [f"{a}/{p}={a / p:.2f}" if p else "0/0" for a, p in zip(stats.draft_accepted, stats.draft_proposed)]
         # Every request's first token comes from its prefill step; the rest from decode steps.
         per_step = (sum(map(len, outs)) - len(prompts)) / (engine.stats.steps - len(prompts))
-        print(f"{k:>3} {rate:>8.1f} {rate / base_rate:>8.2f}x  {' '.join(f'{a:.2f}' for a in acc):<30} {per_step:.2f}")
+        print(f"{k:>3} {rate:>8.1f} {rate / base_rate:>8.2f}x  {' '.join(acc):<42} {per_step:.2f}")
 
 
 if __name__ == "__main__":

@@ -114,9 +114,27 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None,
     """Load a MiMo or Qwen2 checkpoint folder. dtype=None keeps each tensor's stored dtype."""
     path = Path(path)
     config = MiMoConfig.from_json(path)
-    dtype, device = resolve_dtype(dtype), torch.device(device)
     with torch.device("meta"):
         model = MiMoForCausalLM(config)
+    _stream_tensors(model, path, resolve_dtype(dtype), torch.device(device), assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.model.rotary.reset(torch.device(device))
+    return model.eval()
+
+
+def load_weights_into(model: MiMoForCausalLM, path: str | Path) -> None:
+    """Copy a checkpoint's weights into an existing model in place (same names and shapes required):
+    how a running server takes the weights an RL trainer just wrote."""
+    with torch.no_grad():
+        _stream_tensors(model, Path(path), None, model.device, assign=False)
+
+
+def _stream_tensors(model: MiMoForCausalLM, path: Path, dtype: torch.dtype | None, device: torch.device,
+                    assign: bool) -> None:
+    """Check every tensor of the checkpoint at `path` against `model`, then stream them in one by one
+    (assigning new parameters, or copying into the existing ones)."""
+    config = model.config
     expected = expected_shapes(model)
     files = {n: f for n, f in weight_files(path).items() if not n.endswith(_IGNORED_SUFFIXES)}
 
@@ -134,24 +152,25 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None,
     by_file: dict[Path, list[str]] = {}
     for name, file in files.items():
         by_file.setdefault(file, []).append(name)
-    for file, names in by_file.items():
+    for file, names in by_file.items():  # every shape is checked before the first tensor is written
         with _open(file) as f:
             for name in names:
                 shape = list(f.get_slice(name).get_shape())
                 if shape != list(expected[name]):
                     raise CheckpointError(f"{file}: tensor {name!r} has shape {shape}, but {path / 'config.json'} "
                                           f"implies {list(expected[name])}")
+    for file, names in by_file.items():
+        with _open(file) as f:
+            for name in names:
                 try:
                     tensor = f.get_tensor(name)
                 except (SafetensorError, RuntimeError, ValueError) as e:
                     raise CheckpointError(f"{file}: cannot read tensor {name!r} ({e})") from e
-                _assign(model, name, tensor.to(device=device, dtype=dtype or tensor.dtype))
+                if assign:
+                    _assign(model, name, tensor.to(device=device, dtype=dtype or tensor.dtype))
+                else:
+                    model.get_parameter(name).copy_(tensor)
                 del tensor  # drop the mmap-backed copy before reading the next tensor
-
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    model.model.rotary.reset(device)
-    return model.eval()
 
 
 def _assign(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:

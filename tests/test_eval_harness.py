@@ -14,11 +14,10 @@ from fastapi.responses import JSONResponse
 from typer.testing import CliRunner
 
 from mimo.cli import _register, app
-from mimo.eval.benchmarks import DatasetError, Problem, load_benchmark
+from mimo.eval.benchmarks import DatasetError, load_benchmark
 from mimo.eval.generators import EndpointError, OpenAIGenerator, SamplingSettings
 from mimo.eval.harness import run_eval
 from mimo.eval.metrics import pass_at_k, summarize
-from mimo.rewards import CodeTests
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
 

@@ -7,15 +7,13 @@ import json
 import random
 import subprocess
 import sys
-import threading
 import time
-from contextlib import contextmanager
 
 import httpx
+from conftest import running_server
 import openai
 import pytest
 import torch
-import uvicorn
 
 from mimo.config import MiMoConfig
 from mimo.engine import Engine, SamplingParams
@@ -47,23 +45,6 @@ def build_checkpoint(path, chat_template: str | None = None):
     MiMoForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
-
-
-@contextmanager
-def running_server(app):
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ and resuming with different settings is refused rather than mixing two experimen
 """
 
 import json
-import logging
 import os
 import sys
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -24,8 +23,6 @@ from mimo.eval.benchmarks import LOADERS, DatasetError, Problem, grade, load_ben
 from mimo.eval.generators import EndpointError, Generator, LocalGenerator, OpenAIGenerator, SamplingSettings
 from mimo.eval.metrics import Summary, summarize
 from mimo.rewards import SandboxPool, audit_math
-
-log = logging.getLogger(__name__)
 console = Console(stderr=True)
 
 

@@ -18,7 +18,6 @@ solution from a partial one, so they carry half the reward. Levels with no tests
 remaining scores renormalised to sum to 1. The MiMo report gives none of these numbers (spec 4.3).
 """
 
-import logging
 import re
 import threading
 from concurrent.futures import Future
@@ -26,8 +25,6 @@ from dataclasses import dataclass
 
 from mimo.rewards.result import RewardResult
 from mimo.rewards.sandbox import SandboxLimits, SandboxPool, SandboxResult
-
-log = logging.getLogger(__name__)
 
 LEVEL_NAMES = ("easy", "medium", "hard")
 LEVEL_THRESHOLDS = (2 / 3, 1 / 3)  # pass rate at or above which a test is easy, medium

@@ -32,6 +32,7 @@ from rich.console import Console
 from mimo.data.reasoning import DIFFICULTIES, FAMILIES, make_problem
 from mimo.engine import Engine, SamplingParams
 from mimo.eval.benchmarks import read_jsonl
+from mimo.checkpoint import save_model
 from mimo.model import MiMoForCausalLM
 from mimo.recipe import RecipeError, load_recipe
 from mimo.rewards.code_reward import CodeTests, code_reward, extract_code
@@ -39,6 +40,7 @@ from mimo.rewards.math_reward import math_reward
 from mimo.rewards.result import RewardResult
 from mimo.rl.grpo import group_advantages, overlong_reward, policy_loss, token_logprobs_and_entropy
 from mimo.rl.problems import ProblemSampler, RLProblem
+from mimo.rl.remote import RemoteEngine
 from mimo.rl.rollout import Group, RewardWorkers, RolloutCollector
 from mimo.tokenizer import Tokenizer
 from mimo.train.checkpointing import (checkpoint_dir, latest_checkpoint, load_training_state, prune_checkpoints,
@@ -62,6 +64,9 @@ class ProblemArgs:
 @dataclass
 class RolloutArgs:
     mode: str = "seamless"  # seamless | naive
+    backend: str = "local"  # local (mimo's engine in this process) | remote (an OpenAI-compatible server)
+    base_url: str | None = None  # remote: e.g. http://127.0.0.1:8000/v1
+    served_model_name: str | None = None  # remote: the model name the server expects (default: its first)
     group_size: int = 8  # G responses per prompt
     batch_groups: int = 8  # informative groups per step (MiMo: 512 prompts' worth at 7B scale)
     max_tokens: int = 256
@@ -114,6 +119,10 @@ def validate(recipe: RLRecipe) -> None:
          "grpo.updates_per_step exceeds the responses per step"),
         (recipe.rollout.code_reward == "pass_all", "rollout.code_reward strict/soft need per-test difficulty levels; "
                                                    "give them in the problem file (docs/rl.md)"),
+        (recipe.rollout.backend in ("local", "remote"), "rollout.backend: local | remote"),
+        (recipe.rollout.backend == "local" or recipe.rollout.base_url, "rollout.backend=remote needs rollout.base_url"),
+        (recipe.rollout.backend == "local" or recipe.grpo.old_logprobs == "recompute",
+         "rollout.backend=remote needs grpo.old_logprobs=recompute (another engine's log-probs are not the trainer's)"),
         (recipe.problems.source in ("reasoning", "jsonl"), "problems.source: reasoning | jsonl"),
         (recipe.problems.source != "jsonl" or recipe.problems.path, "problems.source=jsonl needs problems.path"),
         (not set(recipe.problems.families) - set(FAMILIES), f"problems.families must be among {FAMILIES}"),
@@ -285,6 +294,21 @@ def update_policy(model, trained, optimizer, batch: TrainBatch, recipe: RLRecipe
     return {key: all_mean(value, rt) for key, value in totals.items()}
 
 
+def served_model(base_url: str) -> str:
+    from openai import OpenAI
+    return OpenAI(base_url=base_url, api_key="EMPTY").models.list().data[0].id
+
+
+def sync_remote(engine: RemoteEngine, model: MiMoForCausalLM, run_dir: Path, rt: Runtime) -> None:
+    """Write the updated policy (atomically) and have the generation server load it; rank 0 writes."""
+    if rt.is_main:
+        folder = run_dir / "policy"
+        save_model(model, folder)
+        engine.sync_weights(folder.resolve())
+    if rt.distributed:
+        dist.barrier()
+
+
 # ---- the loop ----------------------------------------------------------------------------------------
 
 def train_rl(recipe: RLRecipe, console: Console | None = None, reward_fn=verifiable_reward) -> Path:
@@ -327,8 +351,12 @@ def train_rl(recipe: RLRecipe, console: Console | None = None, reward_fn=verifia
         torch.manual_seed(recipe.train.seed)
 
     ro = recipe.rollout
-    engine = Engine(model, tokenizer=tokenizer, max_batch_size=ro.max_batch_size,
-                    num_speculative_tokens=ro.num_speculative_tokens, seed=recipe.train.seed + rt.rank)
+    if ro.backend == "remote":
+        engine = RemoteEngine(ro.base_url, ro.served_model_name or served_model(ro.base_url),
+                              eos_token_ids=set(tokenizer.stop_token_ids), max_batch_size=ro.max_batch_size)
+    else:
+        engine = Engine(model, tokenizer=tokenizer, max_batch_size=ro.max_batch_size,
+                        num_speculative_tokens=ro.num_speculative_tokens, seed=recipe.train.seed + rt.rank)
     rewards = RewardWorkers(reward_fn, workers=ro.reward_workers, deadline_s=ro.reward_deadline_s)
     params = SamplingParams(max_tokens=ro.max_tokens, temperature=ro.temperature, top_p=ro.top_p)
 
@@ -361,6 +389,8 @@ def train_rl(recipe: RLRecipe, console: Console | None = None, reward_fn=verifia
             model.train()
             batch = build_batch(groups, recipe.grpo, ro.max_tokens)
             losses = update_policy(model, trained, optimizer, batch, recipe, rt, shuffle)
+            if ro.backend == "remote":
+                sync_remote(engine, model, run_dir, rt)
             train_s = time.monotonic() - t1
             step += 1
 
@@ -408,6 +438,8 @@ def train_rl(recipe: RLRecipe, console: Console | None = None, reward_fn=verifia
     finally:
         rewards.close()
         metrics.close()
+        if ro.backend == "remote":
+            engine.close()
     final = run_dir / "model"
     if rt.is_main:
         save_final_model(final, model, tokenizer)

@@ -63,6 +63,7 @@ class CompletionRequest(_SamplingFields):
     max_tokens: int | None = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: Literal[False] = False
+    return_tokens_as_token_ids: bool = False  # vLLM extension: logprob tokens as "token_id:N" (RL rollouts)
 
 
 class TextPart(_Strict):
@@ -91,6 +92,11 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+
+
+class UpdateWeightsRequest(_Strict):
+    """SGLang's weight-sync call, as RL trainers use it: reload the weights from a checkpoint folder."""
+    model_path: str
 
 
 def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,

@@ -12,6 +12,7 @@ client that disconnects aborts its request, which frees its cache at once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -26,7 +27,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mimo.engine import AsyncEngine, Engine, EngineBusy, RequestOutput, Sample, SamplingParams
-from mimo.serve.protocol import ChatCompletionRequest, CompletionRequest, error_body
+from mimo.serve.protocol import ChatCompletionRequest, CompletionRequest, UpdateWeightsRequest, error_body
 from mimo.serve.reasoning import THINK_START, ReasoningParser, split_reasoning
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,8 @@ class _Formatter:
                             "top_logprobs": top})
         return {"content": entries}
 
-    def completion_logprobs(self, sample: Sample, start: int, end: int, offset: int) -> dict:
-        tokens = [self.decode([t]) for t in sample.token_ids[start:end]]
+    def completion_logprobs(self, sample: Sample, start: int, end: int, offset: int, as_ids: bool = False) -> dict:
+        tokens = [f"token_id:{t}" if as_ids else self.decode([t]) for t in sample.token_ids[start:end]]
         offsets = []
         for t in tokens:
             offsets.append(offset)
@@ -118,6 +119,7 @@ def create_app(engine: Engine, model_name: str, max_waiting: int = 256) -> FastA
 
     app = FastAPI(title="mimo", lifespan=lifespan)
     app.state.engine = async_engine
+    app.state.updating = False  # weights are being replaced (/update_weights_from_disk)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -166,6 +168,8 @@ def create_app(engine: Engine, model_name: str, max_waiting: int = 256) -> FastA
         aborts the request) once the client has gone."""
         if not async_engine.alive:
             raise APIError(503, "the engine is not running", "service_unavailable")
+        if app.state.updating:
+            raise APIError(503, "the weights are being updated; retry shortly", "service_unavailable")
         try:
             stream = async_engine.generate(prompt, params, request_id=uuid.uuid4().hex)
             async with aclosing(stream):
@@ -241,6 +245,23 @@ def create_app(engine: Engine, model_name: str, max_waiting: int = 256) -> FastA
                 text += "".join(f'{name}{{position="{i}"}} {v}\n' for i, v in enumerate(values))
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
+    @app.post("/update_weights_from_disk")
+    async def update_weights_from_disk(body: UpdateWeightsRequest):
+        """Reload the weights from a checkpoint folder in place (SGLang's RL weight-sync endpoint). Refused
+        while requests are in flight: their KV caches were computed with the old weights."""
+        from mimo.checkpoint import CheckpointError, load_weights_into
+
+        if app.state.updating or async_engine.num_in_flight or engine.has_unfinished():
+            raise APIError(409, "requests are in flight; update weights between rollout batches", code="busy")
+        app.state.updating = True  # new requests get a 503 until the weights are whole again
+        try:
+            await asyncio.to_thread(load_weights_into, engine.model, body.model_path)
+        except (CheckpointError, ValueError, OSError) as e:
+            raise APIError(400, f"cannot load weights: {e}", param="model_path") from e
+        finally:
+            app.state.updating = False
+        return {"success": True, "message": f"loaded weights from {body.model_path}"}
+
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         check_model(body.model)
@@ -252,7 +273,7 @@ def create_app(engine: Engine, model_name: str, max_waiting: int = 256) -> FastA
         if not body.stream:
             out = await final_output(request, prompt, params)
             choices = [{"index": s.index, "text": s.text, "finish_reason": s.finish_reason,
-                        "logprobs": fmt.completion_logprobs(s, 0, len(s.token_ids), 0)
+                        "logprobs": fmt.completion_logprobs(s, 0, len(s.token_ids), 0, body.return_tokens_as_token_ids)
                         if body.logprobs is not None else None} for s in out.samples]
             return {**head, "choices": choices, "usage": _usage(len(prompt), out.samples)}
 
@@ -270,7 +291,8 @@ def create_app(engine: Engine, model_name: str, max_waiting: int = 256) -> FastA
                         continue
                     choice = {"index": s.index, "text": text, "finish_reason": s.finish_reason, "logprobs": None}
                     if body.logprobs is not None:
-                        choice["logprobs"] = fmt.completion_logprobs(s, st.tokens_sent, n_tok, st.text_sent)
+                        choice["logprobs"] = fmt.completion_logprobs(s, st.tokens_sent, n_tok, st.text_sent,
+                                                                     body.return_tokens_as_token_ids)
                     st.text_sent, st.tokens_sent, st.done = end, n_tok, s.finish_reason is not None
                     yield _sse({**head, "choices": [choice]})
             if body.stream_options and body.stream_options.include_usage and last is not None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+import torch
+
 from mimo.data.reasoning import Problem, extract_boxed, extract_code
 from mimo.engine import Engine, SamplingParams
-from mimo.model import MiMoForCausalLM
+from mimo.model import IGNORE_INDEX, MiMoForCausalLM, shifted_cross_entropy
 from mimo.rewards.sandbox import SandboxLimits, SandboxPool
 from mimo.tokenizer import Tokenizer
 
@@ -58,3 +60,29 @@ def accuracy_by_tier(graded: list[Graded]) -> dict[tuple[str, int], tuple[float,
     for g in graded:
         tiers[(g.problem.family, g.problem.difficulty)].append(g.correct)
     return {k: (sum(v) / len(v), len(v)) for k, v in sorted(tiers.items())}
+
+
+@torch.no_grad()
+def heldout_scores(model: MiMoForCausalLM, tokenizer: Tokenizer, problems: list[Problem],
+                   batch_size: int = 32) -> dict[str, float]:
+    """Teacher-forced scores on the reference solutions of held-out chats (assistant tokens only):
+    next-token loss, MTP loss, and MTP top-1 accuracy on the token two ahead, which is the rate at which
+    speculative decoding with the MTP layer as the drafter gets its draft accepted."""
+    totals = {"main_loss": 0.0, "mtp_loss": 0.0, "next_token_top1": 0.0, "mtp_top1": 0.0}
+    counts = {"main": 0, "mtp": 0}
+    for start in range(0, len(problems), batch_size):
+        chats = [tokenizer.encode_chat(p.messages()) for p in problems[start:start + batch_size]]
+        width = max(len(ids) for ids, _ in chats)
+        ids = torch.tensor([c[0] + [0] * (width - len(c[0])) for c in chats])
+        labels = torch.tensor([[t if m else IGNORE_INDEX for t, m in zip(*c)] + [IGNORE_INDEX] * (width - len(c[0]))
+                               for c in chats])
+        out = model(ids, attention_mask=(torch.arange(width)[None] < torch.tensor([[len(c[0])] for c in chats])).long())
+        for key, logits, shift in (("main", out.logits, 1), *(("mtp", lg, 2) for lg in out.mtp_logits[:1])):
+            target = labels[:, shift:]
+            valid = target != IGNORE_INDEX
+            pred = logits[:, :-shift].argmax(-1)
+            n = int(valid.sum())
+            totals[f"{key}_loss"] += float(shifted_cross_entropy(logits, labels, shift)) * n
+            totals["next_token_top1" if key == "main" else "mtp_top1"] += float((pred == target)[valid].sum())
+            counts[key] += n
+    return {k: v / max(1, counts["main" if k in ("main_loss", "next_token_top1") else "mtp"]) for k, v in totals.items()}
