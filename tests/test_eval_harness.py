@@ -203,3 +203,33 @@ def test_real_datasets_load(name, benchmark, count):
     problems = load_benchmark(benchmark, DATA / name)
     assert len(problems) == count and len({p.id for p in problems}) == count
     assert all(p.gold if p.kind == "math" else len(p.tests) > 0 for p in problems)
+
+
+def test_eval_a_local_checkpoint_through_the_engine(tmp_path):
+    """`mimo eval --model CHECKPOINT`: generations from mimo's engine in-process, graded and summarised."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from mimo.config import MiMoConfig
+    from mimo.model import MiMoForCausalLM
+    from mimo.tokenizer import train_tokenizer
+
+    tok = train_tokenizer([f"What is {a} + {b}? \\boxed{{{a + b}}}" for a in range(60) for b in range(20)], 300)
+    torch.manual_seed(0)
+    MiMoForCausalLM(MiMoConfig.from_preset("mimo-2m", vocab_size=len(tok), num_hidden_layers=2,
+                                           eos_token_id=tok.eos_token_id)).save_pretrained(tmp_path / "ckpt")
+    tok.save_pretrained(tmp_path / "ckpt")
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(json.dumps({"id": f"s{i}", "problem": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n"
+                            for i in range(3)))
+    out = tmp_path / "out.jsonl"
+    result = subprocess.run([sys.executable, "-m", "mimo", "eval", "--benchmark", "math", "--data", str(data),
+                             "--model", str(tmp_path / "ckpt"), "-k", "2", "--max-tokens", "16", "--output", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr + result.stdout
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["id"], r["sample"]) for r in rows) == [(f"s{i}", j) for i in range(3) for j in range(2)]
+    assert all(r["correct"] is False and r["reason"] for r in rows)  # a random model: graded, and wrong
+    assert "pass@1 (avg@2)" in result.stdout + result.stderr

@@ -1,7 +1,8 @@
 """Slot-based KV cache: one row of positions per running sequence, for every layer.
 
 The engine keeps its running sequences compact in slots 0..B-1 (a finished sequence's slot is filled
-by moving the last one into it), so a batched step reads `cache[:B]` as a view and never gathers.
+by moving the last one into it), so a batched step reads `cache[:B]` as a view and never gathers
+(the reads and writes live in mimo/engine/runner.py).
 The time axis grows by doubling on demand up to `max_len`, so a server sized for long contexts does
 not pay for them until a request needs them.
 
@@ -13,22 +14,6 @@ key has been rewritten for the current sequence before it is read.
 from __future__ import annotations
 
 import torch
-
-
-class SlotKV:
-    """The `KVStore` one layer sees during one forward: slots start..start+B-1, writing at `positions`."""
-
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, start: int, positions: torch.Tensor, length: int):
-        B = positions.shape[0]
-        self.k, self.v = k[start:start + B], v[start:start + B]  # [B, Hkv, capacity, D] views
-        self.rows = torch.arange(B, device=positions.device)[:, None]
-        self.positions, self.length = positions, length
-
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Advanced indices on dims 0 and 2 put the indexed dims first: [B, T, Hkv, D].
-        self.k[self.rows, :, self.positions] = k.transpose(1, 2)
-        self.v[self.rows, :, self.positions] = v.transpose(1, 2)
-        return self.k[:, :, :self.length], self.v[:, :, :self.length]
 
 
 class KVCache:
@@ -52,12 +37,6 @@ class KVCache:
         grow = (0, 0, 0, new_len - self.capacity)  # pad the time axis (dim 3 of 5)
         self.k = torch.nn.functional.pad(self.k, grow)
         self.v = torch.nn.functional.pad(self.v, grow)
-
-    def layers(self, start: int, positions: torch.Tensor) -> list[SlotKV]:
-        """Per-layer stores for slots start..start+B-1 writing at positions [B, T]; also reserves room."""
-        length = int(positions.max()) + 1
-        self.reserve(length)
-        return [SlotKV(self.k[i], self.v[i], start, positions, length) for i in range(self.k.shape[0])]
 
     def copy(self, src: int, dst: int, length: int) -> None:
         """Copy the first `length` positions of slot src into slot dst (prefix sharing, compaction)."""

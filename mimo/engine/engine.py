@@ -34,6 +34,7 @@ from typing import Callable, Sequence
 import torch
 
 from mimo.engine.cache import KVCache, attention_mask
+from mimo.engine.runner import ModelRunner
 from mimo.engine.sampling import SamplingParams, exponential_noise, process_logits, sample_from
 from mimo.model import MiMoForCausalLM
 
@@ -157,6 +158,7 @@ class Engine:
         shape = (max_batch_size, config.num_key_value_heads, config.head_dim, cache_len, model.dtype, model.device)
         self.cache = KVCache(config.num_hidden_layers, *shape)
         self.mtp_cache = KVCache(1, *shape) if self.k else None
+        self.runner = ModelRunner(model, cache_len, num_mtp_layers=1 if self.k else 0)
         self.waiting: deque[_Request] = deque()
         self.running: list[_Sequence] = []  # running[i].slot == i
         self.requests: dict[str, _Request] = {}
@@ -251,6 +253,7 @@ class Engine:
         """Advance every running sequence by one round and admit waiting requests. Returns the outputs
         of the requests that changed; finished requests are dropped from the engine."""
         touched: dict[str, _Request] = {}
+        self.runner.refresh()
         if self.running:
             self._decode(self.running)
             touched.update((s.request.request_id, s.request) for s in self.running)
@@ -292,14 +295,10 @@ class Engine:
 
     # ---- model calls ------------------------------------------------------------------------
 
-    def _trunk(self, input_ids: torch.Tensor, positions: torch.Tensor, start: int) -> torch.Tensor:
-        """Main-model forward for slots start..start+B-1 through the cache -> pre-norm hidden [B, T, H]."""
-        kv = self.cache.layers(start, positions)
-        hidden, _ = self.model.model(input_ids, positions, attention_mask(positions, kv[0].length), kv)
-        return hidden
-
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(self.model.model.norm(hidden)).float()
+    def _trunk(self, input_ids: torch.Tensor, first: list[int], start: int) -> torch.Tensor:
+        """Main-model forward for slots start..start+B-1, row b at positions first[b].. -> pre-norm hidden."""
+        positions, length, mask = _layout(first, input_ids.shape[1], input_ids.device)
+        return self.runner.trunk(self.cache, input_ids, positions, start, length, mask)
 
     def _prefill(self, requests: list[_Request]) -> None:
         start = len(self.running)
@@ -313,10 +312,9 @@ class Engine:
         T = max(lengths)
         device = self.model.device
         input_ids = torch.tensor([r.prompt + [0] * (T - len(r.prompt)) for r in requests], device=device)
-        positions = torch.arange(T, device=device).expand(len(requests), T)
-        hidden = self._trunk(input_ids, positions, start)
+        hidden = self._trunk(input_ids, [0] * len(requests), start)
         last = hidden[torch.arange(len(requests)), torch.tensor(lengths) - 1]
-        logits = self._logits(last)
+        logits = self.runner.logits(last)
         rows = [i for i, r in enumerate(requests) for _ in r.seqs]
         seqs = [s for r in requests for s in r.seqs]
         for r, length in zip(requests, lengths):  # prefix sharing: copy the prompt's cache to samples 1..n-1
@@ -366,11 +364,9 @@ class Engine:
         M = max(len(d) for d in drafts)
         input_ids = torch.tensor([[s.tokens[-1]] + d + [0] * (M - len(d)) for s, d in zip(seqs, drafts)],
                                  device=device)
-        lengths = torch.tensor([len(s.tokens) for s in seqs], device=device)
-        positions = lengths[:, None] - 1 + torch.arange(M + 1, device=device)
-        hidden = self._trunk(input_ids, positions, 0)
+        hidden = self._trunk(input_ids, [len(s.tokens) - 1 for s in seqs], 0)
         if M == 0:  # plain decoding (or nothing worth drafting): one batched choice
-            logits = self._logits(hidden[:, 0])
+            logits = self.runner.logits(hidden[:, 0])
             tokens, lp, raw, top = self._choose(logits, [s.params for s in seqs], [s.generator for s in seqs])
             for i, seq in enumerate(seqs):
                 self._emit(seq, tokens[i], lp[i], raw[i], top[i] if top else None)
@@ -379,7 +375,7 @@ class Engine:
             return
         rows = [(b, t) for b, d in enumerate(drafts) for t in range(len(d) + 1)]
         flat = hidden[torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])]
-        logits = self._logits(flat)
+        logits = self.runner.logits(flat)
         offset = 0
         for b, seq in enumerate(seqs):
             m = len(drafts[b])
@@ -432,8 +428,7 @@ class Engine:
     def _draft(self, seqs: list[_Sequence]) -> tuple[list[list[int]], list[torch.Tensor | None]]:
         """Propose up to k tokens per sequence with MTP layer 0 -> (drafts, the draft distributions q
         [m, V] of sampled requests, None for greedy ones)."""
-        layer = self.model.model.mtp_layers[0]
-        embed, device = self.model.model.embed_tokens, self.model.device
+        device = self.model.device
         B = len(seqs)
         # Catch the drafter's cache up over the positions the last step added; the last one drafts.
         counts = [s.pending.shape[0] for s in seqs]
@@ -444,8 +439,7 @@ class Engine:
         for b, s in enumerate(seqs):
             hidden[b, :counts[b]] = s.pending
             future[b, :counts[b]] = torch.tensor(s.tokens[s.mtp_len + 1:], device=device)
-        positions = torch.tensor([s.mtp_len for s in seqs], device=device)[:, None] + torch.arange(T, device=device)
-        out = self._mtp(layer, hidden, embed(future), positions)
+        out = self._mtp(hidden, future, [s.mtp_len for s in seqs])
         state = out[torch.arange(B), torch.tensor(counts) - 1][:, None]  # [B, 1, H]
         for s in seqs:
             s.mtp_len, s.pending = len(s.tokens) - 1, None
@@ -457,10 +451,9 @@ class Engine:
         params = [s.params for s in seqs]
         for j in range(max(budgets, default=0)):
             if j:  # reuse layer 0: its own output stands in for the trunk's state one position on
-                pos = torch.tensor([len(s.tokens) - 1 + j - 1 for s in seqs], device=device)[:, None]
                 last = torch.tensor([d[-1] if d else 0 for d in drafts], device=device)[:, None]
-                state = self._mtp(layer, state, embed(last), pos)
-            logits = self._logits_mtp(layer, state[:, 0])
+                state = self._mtp(state, last, [len(s.tokens) - 1 + j - 1 for s in seqs])
+            logits = self.runner.mtp_logits(state[:, 0])
             scaled = process_logits(logits, params)
             probs = scaled.softmax(-1)
             greedy = torch.tensor([p.greedy for p in params], device=device)
@@ -483,13 +476,9 @@ class Engine:
         q = [torch.stack(qb) if qb and not s.params.greedy else None for qb, s in zip(qs, seqs)]
         return drafts, q
 
-    def _mtp(self, layer, hidden: torch.Tensor, next_embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        kv = self.mtp_cache.layers(0, positions)[0]
-        cos, sin = self.model.model.rotary(positions, hidden.dtype)
-        return layer.block(hidden, next_embeds, cos, sin, attention_mask(positions, kv.length), kv)
-
-    def _logits_mtp(self, layer, state: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(layer.final_layernorm(state)).float()
+    def _mtp(self, hidden: torch.Tensor, next_ids: torch.Tensor, first: list[int]) -> torch.Tensor:
+        positions, length, mask = _layout(first, hidden.shape[1], hidden.device)
+        return self.runner.mtp_block(self.mtp_cache, hidden, next_ids, positions, length, mask)
 
     # ---- output -----------------------------------------------------------------------------
 
@@ -522,3 +511,15 @@ class Engine:
             if detok is not None:
                 sample.text += detok.flush(sample.token_ids)
         return sample.finish_reason is not None
+
+
+def _layout(first: list[int], T: int, device: torch.device) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+    """Rows of T queries starting at positions first[b] -> (positions [B, T], keys to attend over, mask).
+    The mask is None where attention needs none: every row at one position (T = 1: all stored keys), or
+    every row starting at 0 (plain causal; right padding only follows the real tokens)."""
+    positions = torch.tensor(first, device=device)[:, None]
+    if T > 1:
+        positions = positions + torch.arange(T, device=device)
+    length = max(first) + T
+    uniform = all(f == first[0] for f in first) and (T == 1 or first[0] == 0)
+    return positions, length, None if uniform else attention_mask(positions, length)

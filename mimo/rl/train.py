@@ -136,15 +136,15 @@ def validate(recipe: RLRecipe) -> None:
 # ---- problems and rewards ----------------------------------------------------------------------------
 
 def load_problems(args: ProblemArgs) -> list[RLProblem]:
-    """The built-in generator's train split, or the user's JSONL: {"id", "prompt", "answer"} for math,
-    {"id", "prompt", "tests": [asserts]} for code."""
+    """The built-in generator's train split, or the user's JSONL in `mimo eval`'s own-set format:
+    {"id", "problem", "answer"} for math, {"id", "problem", "tests": [asserts]} for code."""
     if args.source == "jsonl":
-        rows = read_jsonl(args.path, required=("id", "prompt"))
+        rows = read_jsonl(args.path, required=("id", "problem"))
         problems = []
         for line, row in rows:
             if ("answer" in row) == ("tests" in row):
                 raise RecipeError(f"{args.path}:{line}: give exactly one of 'answer' (math) or 'tests' (code)")
-            problems.append(RLProblem(id=str(row["id"]), prompt=row["prompt"],
+            problems.append(RLProblem(id=str(row["id"]), prompt=row["problem"],
                                       kind="math" if "answer" in row else "code", answer=row.get("answer"),
                                       tests=list(row.get("tests", [])), family=row.get("family", ""),
                                       difficulty=int(row.get("difficulty", 0))))
