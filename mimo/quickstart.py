@@ -38,13 +38,13 @@ QUICKSTART_PRESET = "mimo-2m"
 def quickstart_recipes(run_dir: Path, pretrain_steps: int, sft_steps: int, threads: int, seed: int):
     """The two recipes the quickstart runs (also a template for your own small runs)."""
     easy, every = SourceArgs(difficulties=[1]), SourceArgs()
-    stage1 = max(1, pretrain_steps * 3 // 4)
+    stage1 = max(1, pretrain_steps * 4 // 5)
     pretrain = TrainRecipe(
         run_dir=str(run_dir / "pretrain"),
         model=ModelArgs(preset=QUICKSTART_PRESET),
         tokenizer=TokenizerArgs(train_vocab_size=512, train_documents=5000),
         sources={"easy": easy, "all": every},
-        stages=[StageArgs(name="stage1", steps=stage1, seq_len=256, mixture={"easy": 0.4, "all": 0.6},
+        stages=[StageArgs(name="stage1", steps=stage1, seq_len=256, mixture={"easy": 0.5, "all": 0.5},
                           mtp_loss_weight=0.3),
                 StageArgs(name="stage2", steps=pretrain_steps - stage1, seq_len=512, mixture={"all": 1.0},
                           mtp_loss_weight=0.1)],
@@ -85,8 +85,8 @@ def results_markdown(accuracy: dict[tuple[str, int], tuple[float, int]]) -> str:
 
 def quickstart(
     run_dir: Path = typer.Option(Path("runs/quickstart"), help="where everything is written"),
-    pretrain_steps: int = typer.Option(1400, help="pretraining optimizer steps (16 x 256-512 tokens each)"),
-    sft_steps: int = typer.Option(250, help="SFT optimizer steps"),
+    pretrain_steps: int = typer.Option(800, help="pretraining optimizer steps (16 x 256-512 tokens each)"),
+    sft_steps: int = typer.Option(150, help="SFT optimizer steps"),
     eval_per_tier: int = typer.Option(50, help="held-out problems per family and difficulty"),
     threads: int = typer.Option(2, help="CPU threads"),
     seed: int = typer.Option(0),

@@ -41,7 +41,7 @@ def test_rl_with_remote_rollouts_and_weight_sync(checkpoint, tmp_path):
         r.rollout.backend, r.rollout.base_url = "remote", url + "/v1"
         r.rollout.group_size, r.rollout.batch_groups, r.rollout.max_tokens = 4, 2, 10
         r.grpo.old_logprobs, r.grpo.overlong, r.grpo.micro_batch = "recompute", "none", 4
-        r.optim.lr, r.train.threads = 1e-3, 1
+        r.optim.lr, r.train.threads, r.eval.per_tier = 1e-3, 1, 0
         final = train_rl(r, reward_fn=length_parity)
 
         # The server now generates with the trained weights: its greedy output equals a local engine's.

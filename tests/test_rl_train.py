@@ -57,13 +57,21 @@ def recipe(checkpoint, run_dir, steps, mode="seamless"):
     r.optim.lr = 1e-3  # large enough that every step visibly moves the weights
     r.train.checkpoint_every, r.train.keep_checkpoints, r.train.threads = 2, 5, 1
     r.log_samples_every = 1
+    r.eval.per_tier = 0
     return r
 
 
 def test_rl_runs_logs_and_freezes_mtp(checkpoint, tmp_path):
-    final = train_rl(recipe(checkpoint, tmp_path / "run", 2), reward_fn=length_parity)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2] and all(r["kind"] == "rl" for r in rows)
+    r = recipe(checkpoint, tmp_path / "run", 2)
+    r.eval.per_tier, r.eval.max_tokens, r.problems.families, r.problems.difficulties = 3, 8, ["arithmetic"], [1, 2]
+    final = train_rl(r, reward_fn=length_parity)
+    every = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in every if r["kind"] == "rl"]
+    assert [r["step"] for r in rows] == [1, 2]
+    evals = [r for r in every if r["kind"] == "eval"]  # held-out accuracy before (step 0) and after
+    assert [e["step"] for e in evals] == [0, 2] and set(evals[0]) >= {"accuracy/arithmetic-1", "accuracy/arithmetic-2"}
+    report = json.loads((tmp_path / "run" / "heldout_accuracy.json").read_text())
+    assert report["before"]["arithmetic-1"]["n"] == 3 and len(report["after"]["arithmetic-2"]["ci95"]) == 2
     for key in ("reward", "pass_rate", "response_length", "entropy", "clip_fraction", "dropped_group_share",
                 "easy_pool", "generation_s", "reward_wait_s", "train_s", "idle_share", "wasted_sample_share"):
         assert key in rows[0], key
@@ -103,13 +111,12 @@ r.problems.count = 50
 r.rollout.group_size, r.rollout.batch_groups, r.rollout.max_tokens, r.rollout.max_batch_size = 4, 2, 10, 16
 r.grpo.updates_per_step, r.grpo.micro_batch, r.grpo.overlong = 2, 2, "none"
 r.optim.lr = 1e-3
-r.train.threads, r.train.checkpoint_every = 1, 1
+r.train.threads, r.train.checkpoint_every, r.eval.per_tier = 1, 1, 0
 train_rl(r, reward_fn=length_parity)
 """
 
 
 def test_rl_under_torchrun_two_processes(checkpoint, tmp_path):
-    import socket
     import subprocess
     import sys
     from pathlib import Path
@@ -118,12 +125,10 @@ def test_rl_under_torchrun_two_processes(checkpoint, tmp_path):
     script.write_text(TORCHRUN_RL)
     torchrun = Path(sys.executable).with_name("torchrun")
     for steps in (1, 2):  # the second call resumes from the first's checkpoint
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        out = subprocess.run([str(torchrun), "--nproc_per_node=2", f"--master_port={port}", str(script), str(checkpoint),
+        # --standalone: a c10d rendezvous on a port torchrun picks itself, so parallel runs cannot collide.
+        out = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(script), str(checkpoint),
                               str(tmp_path / "run"), str(steps)], capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-3000:]
+        assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(r["grad_norm"] > 0 and r["entropy"] > 0 for r in rows)
     state = load_training_state(latest_checkpoint(tmp_path / "run"))

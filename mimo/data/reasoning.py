@@ -133,6 +133,20 @@ def _mul_steps(a: int, b: int) -> list[str]:
     return steps
 
 
+def work(a: int, op: str, b: int) -> list[str]:
+    """The column-by-column working of a op b, ending "So a op b = result.". Every family computes through
+    this, so a tiny model learns one procedure (and the digit facts) once and reuses it everywhere.
+    Negative operands (tier-3 equations) are written as one step."""
+    result = {"+": a + b, "-": a - b, "*": a * b}[op]
+    if a < 0 or b < 0 or (op == "*" and not 0 <= b <= 9):
+        return [f"So {a} {op} {b} = {result}."]
+    if op == "-" and a < b:
+        return [f"{a} is less than {b}, so compute {b} - {a} and negate it."] + work(b, "-", a)[:-1] + [
+            f"So {a} - {b} = {result}."]
+    steps = {"+": _add_steps, "-": _sub_steps, "*": _mul_steps}[op](a, b)
+    return steps + [f"So {a} {op} {b} = {result}."]
+
+
 def arithmetic(rng: random.Random, difficulty: int) -> Problem:
     """Tier 1: 2-digit + 2-digit. Tier 2: 3-digit addition or subtraction. Tier 3: 4-digit addition or
     subtraction, or a 3-digit number times one digit."""
@@ -141,13 +155,12 @@ def arithmetic(rng: random.Random, difficulty: int) -> Problem:
     lo, hi = 10 ** (width - 1), 10**width - 1
     if op == "*":
         a, b = rng.randint(100, 999), rng.randint(2, 9)
-        steps, result = _mul_steps(a, b), a * b
     else:
         a, b = rng.randint(lo, hi), rng.randint(lo, hi)
         if op == "-":
             a, b = max(a, b), min(a, b)
-        steps, result = (_add_steps(a, b), a + b) if op == "+" else (_sub_steps(a, b), a - b)
-    steps = ["Work column by column from the right."] + steps + [f"So {a} {op} {b} = {result}."]
+    result = {"+": a + b, "-": a - b, "*": a * b}[op]
+    steps = ["Work column by column from the right."] + work(a, op, b)
     return Problem("arithmetic", difficulty, f"What is {a} {op} {b}?", _solution(steps, str(result)),
                    str(result), key=f"arith:{a}{op}{b}")
 
@@ -163,12 +176,14 @@ def linear(rng: random.Random, difficulty: int) -> Problem:
     else:
         a, x, b = rng.choice([-1, 1]) * rng.randint(2, 9), rng.randint(-15, 15), rng.randint(-30, 30)
     c = a * x + b
-    lhs = ("x" if a == 1 else f"{a}x") + (f" + {b}" if b >= 0 else f" - {-b}")
-    rhs_value = c - b
-    steps = [f"Move {b} to the other side: " + (f"{'x' if a == 1 else f'{a}x'} = {c} - {b} = {rhs_value}."
-                                                 if b >= 0 else f"{'x' if a == 1 else f'{a}x'} = {c} + {-b} = {rhs_value}.")]
+    ax = "x" if a == 1 else f"{a}x"
+    lhs = ax + (f" + {b}" if b >= 0 else f" - {-b}")
+    if b >= 0:
+        steps = [f"Subtract {b} from both sides: {ax} = {c} - {b}."] + work(c, "-", b)
+    else:
+        steps = [f"Add {-b} to both sides: {ax} = {c} + {-b}."] + work(c, "+", -b)
     if a != 1:
-        steps.append(f"Divide both sides by {a}: x = {rhs_value} / {a} = {x}.")
+        steps.append(f"Divide both sides by {a}: x = {c - b} / {a} = {x}.")
     steps.append(f"Check: {a} * {x} + {b} = {c}." if a != 1 else f"Check: {x} + {b} = {c}.")
     return Problem("linear", difficulty, f"Solve for x: {lhs} = {c}.", _solution(steps, str(x)), str(x),
                    key=f"linear:{a},{b},{c}")
@@ -187,24 +202,28 @@ def word(rng: random.Random, difficulty: int) -> Problem:
         a, b = rng.randint(2, 30), rng.randint(2, 30)
         if rng.random() < 0.5:
             prompt = f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?"
-            steps, result, key = [f"{name} starts with {a} and gets {b}: {a} + {b} = {a + b}."], a + b, f"w1+:{a},{b}"
+            steps = [f"{name} starts with {a} and gets {b}, so add: {a} + {b}."] + work(a, "+", b)
+            result, key = a + b, f"w1+:{a},{b}"
         else:
             a, b = max(a, b), min(a, b)
             prompt = f"{name} has {a} {item} and gives away {b}. How many {item} does {name} have left?"
-            steps, result, key = [f"{name} starts with {a} and gives away {b}: {a} - {b} = {a - b}."], a - b, f"w1-:{a},{b}"
+            steps = [f"{name} starts with {a} and gives away {b}, so subtract: {a} - {b}."] + work(a, "-", b)
+            result, key = a - b, f"w1-:{a},{b}"
     elif difficulty == 2:
         a, b, c = rng.randint(10, 60), rng.randint(2, 30), rng.randint(1, 9)
         prompt = (f"{name} has {a} {item}, buys {b} more, then loses {c}. "
                   f"How many {item} does {name} have at the end?")
-        steps = [f"After buying: {a} + {b} = {a + b}.", f"After losing {c}: {a + b} - {c} = {a + b - c}."]
+        steps = ([f"After buying: {a} + {b}."] + work(a, "+", b) + [f"After losing {c}: {a + b} - {c}."]
+                 + work(a + b, "-", c))
         result, key = a + b - c, f"w2:{a},{b},{c}"
     else:
         n, per, extra = rng.randint(2, 9), rng.randint(3, 25), rng.randint(1, 20)
         prompt = (f"{name} has {n} boxes with {per} {item} in each box and {extra} loose {item}. "
                   f"How many {item} does {name} have in total?")
-        steps = [f"In the boxes: {n} * {per} = {n * per}.", f"With the loose ones: {n * per} + {extra} = {n * per + extra}."]
+        steps = ([f"In the boxes: {per} * {n}."] + work(per, "*", n) + [f"With the loose ones: {n * per} + {extra}."]
+                 + work(n * per, "+", extra))
         result, key = n * per + extra, f"w3:{n},{per},{extra}"
-    return Problem("word", difficulty, prompt, _solution(steps + [f"So the answer is {result}."], str(result)),
+    return Problem("word", difficulty, prompt, _solution(steps, str(result)),
                    str(result), key=f"word:{key}:{item}")
 
 

@@ -23,6 +23,12 @@ class KVCache:
         shape = (num_layers, num_slots, num_kv_heads, min(initial_len, max_len), head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self._flat_views()
+
+    def _flat_views(self) -> None:
+        # Per layer, [slots * kv_heads * capacity, head_dim] views that `write` copies rows into.
+        self.k_rows = [layer.view(-1, layer.shape[-1]) for layer in self.k]
+        self.v_rows = [layer.view(-1, layer.shape[-1]) for layer in self.v]
 
     @property
     def capacity(self) -> int:
@@ -37,11 +43,30 @@ class KVCache:
         grow = (0, 0, 0, new_len - self.capacity)  # pad the time axis (dim 3 of 5)
         self.k = torch.nn.functional.pad(self.k, grow)
         self.v = torch.nn.functional.pad(self.v, grow)
+        self._flat_views()
 
     def copy(self, src: int, dst: int, length: int) -> None:
         """Copy the first `length` positions of slot src into slot dst (prefix sharing, compaction)."""
         self.k[:, dst, :, :length] = self.k[:, src, :, :length]
         self.v[:, dst, :, :length] = self.v[:, src, :, :length]
+
+    def rows(self, start: int, positions: torch.Tensor) -> torch.Tensor:
+        """Flat rows of one layer's [slots * kv_heads * capacity, head_dim] view for slots start..start+B-1
+        at positions [B, T], in (slot, position, kv head) order -> [B * T * kv_heads]."""
+        _, _, n_kv_heads, capacity, _ = self.k.shape
+        heads = torch.arange(n_kv_heads, device=positions.device)
+        slots = torch.arange(start, start + positions.shape[0], device=positions.device)[:, None, None]
+        return ((slots * n_kv_heads + heads) * capacity + positions[:, :, None]).reshape(-1)
+
+    def write(self, layer: int, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store keys/values [N, kv_heads, head_dim] at `rows` (from `rows`) of one layer."""
+        D = self.k.shape[-1]
+        self.k_rows[layer].index_copy_(0, rows, k.reshape(-1, D))
+        self.v_rows[layer].index_copy_(0, rows, v.reshape(-1, D))
+
+    def read(self, layer: int, start: int, count: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys/values of slots start..start+count-1, positions < length: [count, kv_heads, length, head_dim] views."""
+        return self.k[layer, start:start + count, :, :length], self.v[layer, start:start + count, :, :length]
 
 
 def attention_mask(positions: torch.Tensor, length: int) -> torch.Tensor:

@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 import torch
 
 from mimo.engine.cache import KVCache, attention_mask
-from mimo.engine.runner import ModelRunner
+from mimo.engine.runner import Batch, ModelRunner
 from mimo.engine.sampling import SamplingParams, exponential_noise, process_logits, sample_from
 from mimo.model import MiMoForCausalLM
 
@@ -142,6 +142,7 @@ class Engine:
         if num_speculative_tokens and not config.num_nextn_predict_layers:
             raise ValueError("speculative decoding needs MTP layers; this model has none")
         self.model = model.eval()
+        self.device = model.device
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.max_seq_len = max_seq_len or min(config.max_position_embeddings, 4096)
@@ -199,7 +200,7 @@ class Engine:
                 sample.top_logprobs = []
             generator = None
             if params.seed is not None:
-                generator = torch.Generator(device=self.model.device)
+                generator = torch.Generator(device=self.device)
                 generator.manual_seed(params.seed + j)
             detok = _Detokenizer(self.tokenizer.decode) if self.tokenizer is not None else None
             request.seqs.append(_Sequence(request, sample, list(prompt), generator, detokenizer=detok))
@@ -297,8 +298,8 @@ class Engine:
 
     def _trunk(self, input_ids: torch.Tensor, first: list[int], start: int) -> torch.Tensor:
         """Main-model forward for slots start..start+B-1, row b at positions first[b].. -> pre-norm hidden."""
-        positions, length, mask = _layout(first, input_ids.shape[1], input_ids.device)
-        return self.runner.trunk(self.cache, input_ids, positions, start, length, mask)
+        batch = _layout(first, input_ids.shape[1], input_ids.device, start)
+        return self.runner.trunk(self.cache, input_ids, batch).view(*input_ids.shape, -1)
 
     def _prefill(self, requests: list[_Request]) -> None:
         start = len(self.running)
@@ -310,7 +311,7 @@ class Engine:
 
         lengths = [len(r.prompt) for r in requests]
         T = max(lengths)
-        device = self.model.device
+        device = self.device
         input_ids = torch.tensor([r.prompt + [0] * (T - len(r.prompt)) for r in requests], device=device)
         hidden = self._trunk(input_ids, [0] * len(requests), start)
         last = hidden[torch.arange(len(requests)), torch.tensor(lengths) - 1]
@@ -359,7 +360,7 @@ class Engine:
         return max(0, min(self.k, left - 1))
 
     def _decode(self, seqs: list[_Sequence]) -> None:
-        B, device = len(seqs), self.model.device
+        B, device = len(seqs), self.device
         drafts, draft_probs = self._draft(seqs) if self.k else ([[] for _ in seqs], [None] * B)
         M = max(len(d) for d in drafts)
         input_ids = torch.tensor([[s.tokens[-1]] + d + [0] * (M - len(d)) for s, d in zip(seqs, drafts)],
@@ -428,7 +429,7 @@ class Engine:
     def _draft(self, seqs: list[_Sequence]) -> tuple[list[list[int]], list[torch.Tensor | None]]:
         """Propose up to k tokens per sequence with MTP layer 0 -> (drafts, the draft distributions q
         [m, V] of sampled requests, None for greedy ones)."""
-        device = self.model.device
+        device = self.device
         B = len(seqs)
         # Catch the drafter's cache up over the positions the last step added; the last one drafts.
         counts = [s.pending.shape[0] for s in seqs]
@@ -477,8 +478,9 @@ class Engine:
         return drafts, q
 
     def _mtp(self, hidden: torch.Tensor, next_ids: torch.Tensor, first: list[int]) -> torch.Tensor:
-        positions, length, mask = _layout(first, hidden.shape[1], hidden.device)
-        return self.runner.mtp_block(self.mtp_cache, hidden, next_ids, positions, length, mask)
+        batch = _layout(first, hidden.shape[1], hidden.device)
+        return self.runner.mtp_block(self.mtp_cache, hidden.reshape(-1, hidden.shape[-1]), next_ids, batch
+                                     ).view(hidden.shape)
 
     # ---- output -----------------------------------------------------------------------------
 
@@ -513,13 +515,13 @@ class Engine:
         return sample.finish_reason is not None
 
 
-def _layout(first: list[int], T: int, device: torch.device) -> tuple[torch.Tensor, int, torch.Tensor | None]:
-    """Rows of T queries starting at positions first[b] -> (positions [B, T], keys to attend over, mask).
-    The mask is None where attention needs none: every row at one position (T = 1: all stored keys), or
-    every row starting at 0 (plain causal; right padding only follows the real tokens)."""
+def _layout(first: list[int], T: int, device: torch.device, start: int = 0) -> Batch:
+    """Rows of T queries starting at positions first[b], in slots start.. -> their Batch. No mask where
+    attention needs none: every row at one position (T = 1: all stored keys), or every row starting at
+    0 (plain causal; right padding only follows the real tokens)."""
     positions = torch.tensor(first, device=device)[:, None]
     if T > 1:
         positions = positions + torch.arange(T, device=device)
     length = max(first) + T
     uniform = all(f == first[0] for f in first) and (T == 1 or first[0] == 0)
-    return positions, length, None if uniform else attention_mask(positions, length)
+    return Batch(positions, length, None if uniform else attention_mask(positions, length), start)

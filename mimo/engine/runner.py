@@ -1,19 +1,22 @@
-"""The engine's forward pass: MiMoForCausalLM's math through the KV cache, in fewer and larger ops.
+"""The engine's forward pass: MiMoForCausalLM's math through the KV cache, in fewer and cheaper ops.
 
-Decoding a small model on a CPU costs per-op and per-module overhead far more than arithmetic (a
-profile of mimo-2m at batch 1 had ~40% of a step outside the matmuls), so this runs the same
-computation as `mimo.model` with:
-- q/k/v and gate/up each as one matmul, on fused copies of the weights. The copies are rebuilt when
-  a source weight changes (RL trains the model the engine samples from), which `refresh` detects
-  from the tensors' version counters;
-- RoPE read from a table (cos/sin are elementwise in the position, so the table is exact) and
-  applied to q and k together, with `roll` and a sign-folded sin in place of chunk/neg/cat;
-- torch's fused `rms_norm` (in fp32, then cast and scaled, exactly as the model's RMSNorm);
-- no attention mask where none is needed: a prefill from position 0 is plain causal attention
-  (right padding only ever follows the real tokens), and a decode step where every row sits at the
-  same position sees all stored keys. Only mixed-length decode and draft verification build one.
-Parameter names and the model itself are untouched; tests compare this path with the model's full
-forward and greedy outputs with `transformers`.
+Decoding a small model on a CPU costs per-op and per-module overhead more than arithmetic (a profile
+of mimo-2m at batch 1 had ~40% of a step outside the matmuls), so this runs the same computation as
+`mimo.model` with:
+- q/k/v and gate/up each as one matmul, on fused copies of those weights. The copies are rebuilt when
+  any layer weight changes in place (RL trains the model the engine samples from; a server loads new
+  weights into it), which `refresh` sees in the tensors' version counters. Replacing parameter
+  objects instead (`module.weight = ...`) needs a new Engine;
+- plain tensors instead of module calls, and tokens flattened to [N, H] rows;
+- RoPE read from a table (cos/sin are elementwise in the position, so the table is exact) and applied
+  to q and k together, with `roll` and a sign-folded sin in place of chunk/neg/cat;
+- one `index_copy_` per layer for the new keys and values, at flat cache rows computed once a step;
+- no attention mask where none is needed: a prefill from position 0 is plain causal attention (right
+  padding only ever follows the real tokens), and a decode step whose rows all sit at one position
+  sees every stored key. One-query rows pass the query heads that share a kv head as that head's
+  queries, so keys and values are never repeated for GQA.
+Module and parameter names are untouched; tests compare this path with the model's own forward and
+greedy outputs with `transformers`.
 """
 
 from __future__ import annotations
@@ -24,105 +27,117 @@ import torch
 import torch.nn.functional as F
 
 from mimo.engine.cache import KVCache
-from mimo.model import DecoderLayer, MiMoForCausalLM, MTPLayer
+from mimo.model import DecoderLayer, MiMoForCausalLM
 
 
 @dataclass
-class _Fused:
+class _Weights:
+    """One decoder block's weights as the runner reads them (live parameters, fused copies)."""
+
+    input_norm: torch.Tensor
     qkv: torch.Tensor
     qkv_bias: torch.Tensor | None
+    o: torch.Tensor
+    post_norm: torch.Tensor
     gate_up: torch.Tensor
+    down: torch.Tensor
+
+    @classmethod
+    def of(cls, layer: DecoderLayer) -> "_Weights":
+        attn, mlp = layer.self_attn, layer.mlp
+        bias = None if attn.q_proj.bias is None else torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
+        return cls(layer.input_layernorm.weight, torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+                   bias, attn.o_proj.weight, layer.post_attention_layernorm.weight,
+                   torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), mlp.down_proj.weight)
 
 
-def _fuse(layer: DecoderLayer) -> _Fused:
-    attn, mlp = layer.self_attn, layer.mlp
-    bias = None if attn.q_proj.bias is None else torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
-    return _Fused(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), bias,
-                  torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
+@dataclass
+class Batch:
+    """Where a forward's queries sit: B rows of T tokens in cache slots start..start+B-1."""
 
-
-def _sources(layer: DecoderLayer) -> list[torch.Tensor]:
-    attn, mlp = layer.self_attn, layer.mlp
-    return [t for t in (attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, attn.q_proj.bias,
-                        attn.k_proj.bias, attn.v_proj.bias, mlp.gate_proj.weight, mlp.up_proj.weight) if t is not None]
+    positions: torch.Tensor  # [B, T]
+    length: int  # keys to attend over: the largest position + 1
+    mask: torch.Tensor | None  # [B, 1, T, length] (True = may attend); None: causal from 0 (T > 1) or all keys
+    start: int = 0
 
 
 class ModelRunner:
     def __init__(self, model: MiMoForCausalLM, max_len: int, num_mtp_layers: int):
         config = model.config
         self.model = model
-        self.layers: list[DecoderLayer] = list(model.model.layers)
-        self.mtp_layers: list[MTPLayer] = list(model.model.mtp_layers)[:num_mtp_layers]
         self.n_heads, self.n_kv_heads, self.head_dim = (
             config.num_attention_heads, config.num_key_value_heads, config.head_dim)
         self.intermediate, self.eps = config.intermediate_size, config.rms_norm_eps
+        self._layers = list(model.model.layers) + list(model.model.mtp_layers)[:num_mtp_layers]
+        self._sources = [t for layer in self._layers for t in layer.parameters()]
+        self._versions = [t._version for t in self._sources]
+        self.weights = [_Weights.of(layer) for layer in self._layers]
+        self.mtp = list(model.model.mtp_layers)[:num_mtp_layers]
+        self.embed, self.norm, self.lm_head = model.model.embed_tokens.weight, model.model.norm.weight, model.lm_head.weight
         cos, sin = model.model.rotary(torch.arange(max_len, device=model.device), model.dtype)  # [L, D]
         half = self.head_dim // 2
         # rotate_half(x) * sin == roll(x, D/2) * [-sin_lo, sin_hi], bit for bit.
         self.cos, self.sin = cos, torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)
-        self._key: list[tuple[int, int]] = []
-        self._fused: list[_Fused] = []
 
     def refresh(self) -> None:
-        """Rebuild the fused weights if any source tensor was replaced or changed in place."""
-        layers = self.layers + self.mtp_layers
-        key = [(t.data_ptr(), t._version) for layer in layers for t in _sources(layer)]
-        if key != self._key:
-            self._fused, self._key = [_fuse(layer) for layer in layers], key
+        """Rebuild the fused weights if a weight changed in place (an optimizer step, a weight load)."""
+        versions = [t._version for t in self._sources]
+        if versions != self._versions:
+            self.weights, self._versions = [_Weights.of(layer) for layer in self._layers], versions
 
     # ---- forward pieces -------------------------------------------------------------------------
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        # torch's rms_norm is RMSNorm.forward's math (normalise in fp32, cast back, then scale).
+        return F.rms_norm(x, weight.shape, weight, self.eps)
 
-    def _block(self, x, layer: DecoderLayer, fused: _Fused, cos, sin, k_cache, v_cache, rows, positions,
-               length: int, mask: torch.Tensor | None) -> torch.Tensor:
-        """One decoder block at `positions` [B, T]; writes this step's keys/values into the cache rows."""
-        B, T, _ = x.shape
+    def _block(self, x: torch.Tensor, w: _Weights, cache: KVCache, layer: int, rows: torch.Tensor,
+               cos: torch.Tensor, sin: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """One decoder block over tokens x [N, H]; writes their keys/values into the cache."""
+        (B, T), N = batch.positions.shape, x.shape[0]
         Hq, Hk, D = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv = F.linear(self._norm(x, layer.input_layernorm.weight), fused.qkv, fused.qkv_bias).view(B, T, -1, D)
-        qk = qkv[:, :, :Hq + Hk]
+        qkv = F.linear(self._norm(x, w.input_norm), w.qkv, w.qkv_bias).view(N, -1, D)
+        qk = qkv[:, :Hq + Hk]
         qk = qk * cos + qk.roll(D // 2, dims=-1) * sin
-        # Advanced indices on dims 0 and 2 take values laid out [B, T, Hk, D]: the projection's own layout.
-        k_cache[rows, :, positions] = qk[:, :, Hq:]
-        v_cache[rows, :, positions] = qkv[:, :, Hq + Hk:]
-        y = F.scaled_dot_product_attention(qk[:, :, :Hq].transpose(1, 2), k_cache[:, :, :length],
-                                           v_cache[:, :, :length], attn_mask=mask,
-                                           is_causal=mask is None and T > 1, enable_gqa=True)
-        x = x + F.linear(y.transpose(1, 2).reshape(B, T, Hq * D), layer.self_attn.o_proj.weight)
-        gate, up = F.linear(self._norm(x, layer.post_attention_layernorm.weight), fused.gate_up).split(
-            self.intermediate, dim=-1)
-        return x + F.linear(F.silu(gate) * up, layer.mlp.down_proj.weight)
+        cache.write(layer, rows, qk[:, Hq:], qkv[:, Hq + Hk:])
+        k, v = cache.read(layer, batch.start, B, batch.length)
+        if T == 1:
+            # The query heads that share a kv head go in as that head's T = group queries (q head h reads
+            # kv head h // group, as enable_gqa does), so keys and values are never repeated.
+            y = F.scaled_dot_product_attention(qk[:, :Hq].view(B, Hk, Hq // Hk, D), k, v, attn_mask=batch.mask)
+        else:
+            y = F.scaled_dot_product_attention(qk[:, :Hq].view(B, T, Hq, D).transpose(1, 2), k, v,
+                                               attn_mask=batch.mask, is_causal=batch.mask is None,
+                                               enable_gqa=True).transpose(1, 2)
+        x = x + F.linear(y.reshape(N, Hq * D), w.o)
+        gate, up = F.linear(self._norm(x, w.post_norm), w.gate_up).split(self.intermediate, dim=-1)
+        return x + F.linear(F.silu(gate) * up, w.down)
 
-    def trunk(self, cache: KVCache, input_ids: torch.Tensor, positions: torch.Tensor, start: int,
-              length: int, mask: torch.Tensor | None) -> torch.Tensor:
-        """Main-model forward for slots start..start+B-1 -> pre-norm hidden [B, T, H]. `length`: keys
-        to attend over (max position + 1); mask None = causal from position 0 (T > 1) or all keys (T = 1)."""
-        cache.reserve(length)
-        B = input_ids.shape[0]
-        rows = torch.arange(B, device=input_ids.device)[:, None]
-        cos, sin = self.cos[positions][:, :, None], self.sin[positions][:, :, None]  # [B, T, 1, D]
-        x = self.model.model.embed_tokens(input_ids)
-        for i, layer in enumerate(self.layers):
-            x = self._block(x, layer, self._fused[i], cos, sin, cache.k[i, start:start + B], cache.v[i, start:start + B],
-                            rows, positions, length, mask)
+    def _blocks(self, x: torch.Tensor, layers: range, cache: KVCache, batch: Batch) -> torch.Tensor:
+        cache.reserve(batch.length)
+        rows = cache.rows(batch.start, batch.positions)
+        positions = batch.positions.reshape(-1)
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # [N, 1, D]
+        for i, layer in enumerate(layers):
+            x = self._block(x, self.weights[layer], cache, i, rows, cos, sin, batch)
         return x
 
-    def mtp_block(self, cache: KVCache, hidden: torch.Tensor, next_ids: torch.Tensor, positions: torch.Tensor,
-                  length: int, mask: torch.Tensor | None) -> torch.Tensor:
-        """MTP layer 0 before its final norm (`MTPLayer.block`) for slots 0..B-1, through `cache`."""
-        cache.reserve(length)
-        layer, B = self.mtp_layers[0], hidden.shape[0]
-        rows = torch.arange(B, device=hidden.device)[:, None]
-        cos, sin = self.cos[positions][:, :, None], self.sin[positions][:, :, None]
+    def trunk(self, cache: KVCache, input_ids: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Main-model forward of input_ids [B, T] -> pre-norm hidden states [B * T, H]."""
+        x = F.embedding(input_ids.reshape(-1), self.embed)
+        return self._blocks(x, range(len(self.weights) - len(self.mtp)), cache, batch)
+
+    def mtp_block(self, cache: KVCache, hidden: torch.Tensor, next_ids: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """MTP layer 0 before its final norm (`MTPLayer.block`): hidden [N, H], next_ids [B, T] -> [N, H]."""
+        layer = self.mtp[0]
         x = torch.cat([self._norm(hidden, layer.hidden_layernorm.weight),
-                       self._norm(self.model.model.embed_tokens(next_ids), layer.token_layernorm.weight)], dim=-1)
+                       self._norm(F.embedding(next_ids.reshape(-1), self.embed), layer.token_layernorm.weight)], dim=-1)
         x = F.linear(x, layer.input_proj.weight)
-        return self._block(x, layer, self._fused[len(self.layers)], cos, sin, cache.k[0, :B], cache.v[0, :B],
-                           rows, positions, length, mask)
+        first = len(self.weights) - len(self.mtp)
+        return self._blocks(x, range(first, first + 1), cache, batch)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(self._norm(hidden, self.model.model.norm.weight)).float()
+        return F.linear(self._norm(hidden, self.norm), self.lm_head).float()
 
     def mtp_logits(self, state: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(self._norm(state, self.mtp_layers[0].final_layernorm.weight)).float()
+        return F.linear(self._norm(state, self.mtp[0].final_layernorm.weight), self.lm_head).float()

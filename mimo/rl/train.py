@@ -28,10 +28,12 @@ import torch.distributed as dist
 import typer
 import yaml
 from rich.console import Console
+from rich.table import Table
 
-from mimo.data.reasoning import DIFFICULTIES, FAMILIES, make_problem
+from mimo.data.reasoning import DIFFICULTIES, FAMILIES, heldout_set, make_problem
 from mimo.engine import Engine, SamplingParams
 from mimo.eval.benchmarks import read_jsonl
+from mimo.eval.metrics import summarize
 from mimo.checkpoint import save_model
 from mimo.model import MiMoForCausalLM
 from mimo.recipe import RecipeError, load_recipe
@@ -43,6 +45,7 @@ from mimo.rl.problems import ProblemSampler, RLProblem
 from mimo.rl.remote import RemoteEngine
 from mimo.rl.rollout import Group, RewardWorkers, RolloutCollector
 from mimo.tokenizer import Tokenizer
+from mimo.train.evaluate import evaluate
 from mimo.train.checkpointing import (checkpoint_dir, latest_checkpoint, load_training_state, prune_checkpoints,
                                       rng_state, save_checkpoint, save_final_model, set_rng_state)
 from mimo.train.loop import OptimArgs, Runtime, TrainArgs, all_mean, init_runtime, lr_at, make_optimizer, wrap_model
@@ -93,6 +96,12 @@ class GRPOArgs:
 
 
 @dataclass
+class EvalArgs:
+    per_tier: int = 100  # held-out problems per (family, difficulty), greedy, before and after RL; 0 = none
+    max_tokens: int = 256
+
+
+@dataclass
 class RLRecipe:
     model: str = "runs/quickstart/model"  # the SFT (or base) checkpoint to start from
     run_dir: str = "runs/rl"
@@ -103,6 +112,7 @@ class RLRecipe:
     optim: OptimArgs = field(default_factory=lambda: OptimArgs(lr=1e-6, min_lr=1e-6, warmup_steps=0,
                                                                 decay_fraction=0.0, weight_decay=0.01))
     train: TrainArgs = field(default_factory=lambda: TrainArgs(checkpoint_every=10))
+    eval: EvalArgs = field(default_factory=EvalArgs)  # built-in problems only
     log_samples_every: int = 10  # write a few completions to samples.jsonl every N steps (0 = never)
 
 
@@ -168,6 +178,38 @@ def verifiable_reward(problem: RLProblem, text: str, finish_reason: str) -> Rewa
     if problem.kind == "math":
         return math_reward(text, problem.answer)
     return code_reward(extract_code(text) or "", CodeTests(asserts=tuple(problem.tests)))
+
+
+def heldout_accuracy(model: MiMoForCausalLM, tokenizer: Tokenizer, recipe: RLRecipe) -> dict[str, dict]:
+    """Greedy exact-match accuracy on the built-in held-out split, per family and difficulty, with the
+    95% interval of `mimo.eval.metrics.summarize`."""
+    args = recipe.problems
+    problems = heldout_set(args.families, args.difficulties, recipe.eval.per_tier, seed=args.seed)
+    graded = evaluate(model, tokenizer, problems, max_new_tokens=recipe.eval.max_tokens)
+    tiers: dict[str, dict[str, list[bool]]] = {}
+    for i, g in enumerate(graded):
+        tiers.setdefault(f"{g.problem.family}-{g.problem.difficulty}", {})[str(i)] = [g.correct]
+    out = {}
+    for tier, correct in sorted(tiers.items()):
+        summary = summarize(correct)
+        out[tier] = {"accuracy": summary.pass1, "ci95": list(summary.ci95), "n": summary.problems}
+    return out
+
+
+def accuracy_table(before: dict[str, dict], after: dict[str, dict]) -> Table:
+    table = Table(title="held-out accuracy (greedy), before and after RL, with 95% intervals")
+    for column in ("tier", "before", "after", "change"):
+        table.add_column(column, justify="left" if column == "tier" else "right")
+    for tier in before:
+        b, a = before[tier], after[tier]
+        table.add_row(tier, f"{b['accuracy']:.1%} [{b['ci95'][0]:.0%}, {b['ci95'][1]:.0%}]",
+                      f"{a['accuracy']:.1%} [{a['ci95'][0]:.0%}, {a['ci95'][1]:.0%}]",
+                      f"{(a['accuracy'] - b['accuracy']) * 100:+.1f} pts")
+    return table
+
+
+def log_accuracy(metrics: MetricsLogger, step: int, accuracy: dict[str, dict]) -> None:
+    metrics.log(step, kind="eval", **{f"accuracy/{tier}": v["accuracy"] for tier, v in accuracy.items()})
 
 
 # ---- the update --------------------------------------------------------------------------------------
@@ -374,6 +416,12 @@ def train_rl(recipe: RLRecipe, console: Console | None = None, reward_fn=verifia
                       f"over {rt.world_size} process(es), {recipe.grpo.updates_per_step} updates per step, "
                       f"{ro.mode} rollout")
     metrics = MetricsLogger(run_dir, enabled=rt.is_main, resume_step=step if state is not None else None)
+    evaluating = rt.is_main and recipe.eval.per_tier > 0 and recipe.problems.source == "reasoning"
+    eval_file = run_dir / "heldout_accuracy.json"
+    if evaluating and state is None:
+        before = heldout_accuracy(model, tokenizer, recipe)
+        eval_file.write_text(json.dumps({"before": before}, indent=2))
+        log_accuracy(metrics, 0, before)
     shuffle = torch.Generator()
     try:
         while step < recipe.steps:
@@ -437,13 +485,19 @@ def train_rl(recipe: RLRecipe, console: Console | None = None, reward_fn=verifia
                     dist.barrier()
     finally:
         rewards.close()
-        metrics.close()
         if ro.backend == "remote":
             engine.close()
     final = run_dir / "model"
     if rt.is_main:
         save_final_model(final, model, tokenizer)
         console.print(f"rl done: {step} steps -> {final}")
+    if evaluating:
+        after = heldout_accuracy(model, tokenizer, recipe)
+        results = {**json.loads(eval_file.read_text()), "after": after}
+        eval_file.write_text(json.dumps(results, indent=2))
+        log_accuracy(metrics, step, after)
+        console.print(accuracy_table(results["before"], after))
+    metrics.close()
     if rt.distributed:
         dist.barrier()
     return final

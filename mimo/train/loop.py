@@ -322,9 +322,10 @@ def prepare_tokenizer(recipe: TrainRecipe, rt: Runtime, console: Console) -> Tok
     return Tokenizer.from_pretrained(run_tokenizer)
 
 
-def build_model(recipe: TrainRecipe, tokenizer: Tokenizer) -> MiMoForCausalLM:
-    if recipe.model.init_from:
-        model = MiMoForCausalLM.from_pretrained(recipe.model.init_from, dtype=torch.float32)
+def build_model(recipe: TrainRecipe, tokenizer: Tokenizer, resume_from: Path | None = None) -> MiMoForCausalLM:
+    """The model to train: a resumed checkpoint, model.init_from, or a fresh (seeded) model from the preset."""
+    if resume_from or recipe.model.init_from:
+        model = MiMoForCausalLM.from_pretrained(resume_from or recipe.model.init_from, dtype=torch.float32)
     else:
         config = MiMoConfig.from_preset(recipe.model.preset, vocab_size=len(tokenizer),
                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
@@ -417,8 +418,6 @@ def train(recipe: TrainRecipe, mode: str = "pretrain", console: Console | None =
     run_dir = Path(recipe.run_dir)
     tokenizer = prepare_tokenizer(recipe, rt, console)
     sources = build_sources(recipe, tokenizer)  # reads and checks every data file before compute
-    model = build_model(recipe, tokenizer)
-    optimizer = make_optimizer(model, recipe.optim)
     total = recipe.total_steps
 
     step, stream_state = 0, None
@@ -429,12 +428,12 @@ def train(recipe: TrainRecipe, mode: str = "pretrain", console: Console | None =
         if step >= total:
             raise RecipeError(f"{run_dir} already finished {step} steps and the recipe asks for {total}: resuming "
                               f"would train zero steps. Raise the stage steps or use a new run_dir.")
-        model = MiMoForCausalLM.from_pretrained(resume_from, dtype=torch.float32).train()
-        optimizer = make_optimizer(model, recipe.optim)
         # A checkpoint taken exactly at a stage boundary holds the finished stage's stream: start the new one fresh.
         stream_state = state["data"] if state["stage"] == stage_at(recipe.stages, step) else None
         if rt.is_main:
             console.print(f"resuming from {resume_from} at step {step} of {total}")
+    model = build_model(recipe, tokenizer, resume_from)
+    optimizer = make_optimizer(model, recipe.optim)
     trained = wrap_model(model, recipe, rt)
     if resume_from is not None:
         load_optimizer_state(model, optimizer, state["optimizer"], recipe, rt)
