@@ -5,11 +5,16 @@
 Batch 1: decode tokens/s of one request. Batch 8 / 32: total generated tokens/s of that many
 concurrent requests with prompts of different lengths (transformers: one left-padded batch;
 mimo: continuous batching). Both greedy, fp32, no end token, so both produce the same token count.
+
+Runs alternate between the two and the medians are printed, by wall time and by this process's CPU
+time: on a machine shared with other jobs the wall rate swings with their load, while the CPU time of
+a single-threaded run (the default) counts only the work it did.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 
@@ -35,26 +40,32 @@ def prompts_for(batch: int, vocab: int) -> list[list[int]]:
     return [torch.randint(0, vocab, (16 + (37 * i) % 48,), generator=g).tolist() for i in range(batch)]
 
 
+def timed(fn) -> tuple[float, float]:
+    """Run fn -> (wall seconds, CPU seconds of this process)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 @torch.inference_mode()
-def run_hf(hf, prompts, new_tokens) -> float:
+def run_hf(hf, prompts, new_tokens) -> tuple[float, float]:
     T = max(len(p) for p in prompts)
     ids = torch.tensor([[0] * (T - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts])
-    start = time.perf_counter()
-    out = hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                      do_sample=False, pad_token_id=0, eos_token_id=None)
-    seconds = time.perf_counter() - start
-    assert out.shape[1] - T == new_tokens
-    return len(prompts) * new_tokens / seconds
+    out = []
+    seconds = timed(lambda: out.append(hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
+                                                   min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+                                                   eos_token_id=None)))
+    assert out[0].shape[1] - T == new_tokens
+    return seconds
 
 
-def run_mimo(engine, prompts, new_tokens) -> float:
+def run_mimo(engine, prompts, new_tokens) -> tuple[float, float]:
     params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
-    start = time.perf_counter()
-    outs = engine.generate(prompts, params)
-    seconds = time.perf_counter() - start
-    assert all(len(o.samples[0].token_ids) == new_tokens for o in outs)
-    return len(prompts) * new_tokens / seconds
+    out = []
+    seconds = timed(lambda: out.extend(engine.generate(prompts, params)))
+    assert all(len(o.samples[0].token_ids) == new_tokens for o in out)
+    return seconds
 
 
 def main() -> None:
@@ -62,7 +73,7 @@ def main() -> None:
     ap.add_argument("--preset", default="mimo-10m")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as d:
@@ -71,13 +82,20 @@ def main() -> None:
     vocab = model.config.vocab_size
     run_mimo(engine, prompts_for(2, vocab), 8)  # warm-up both
     run_hf(hf, prompts_for(2, vocab), 8)
-    print(f"preset {args.preset}, {args.threads} thread(s), {args.new_tokens} new tokens, best of {args.repeats}")
-    print(f"{'batch':>5} {'transformers tok/s':>19} {'mimo tok/s':>11} {'ratio':>6}")
+    print(f"preset {args.preset}, {args.threads} thread(s), {args.new_tokens} new tokens, "
+          f"median of {args.repeats} alternating runs; tokens/s by wall time | by CPU time")
+    print(f"{'batch':>5} {'transformers':>14} {'mimo':>14} {'ratio':>6} | {'transformers':>12} {'mimo':>8} {'ratio':>6}")
     for batch in (1, 8, 32):
         prompts = prompts_for(batch, vocab)
-        hf_rate = max(run_hf(hf, prompts, args.new_tokens) for _ in range(args.repeats))
-        mimo_rate = max(run_mimo(engine, prompts, args.new_tokens) for _ in range(args.repeats))
-        print(f"{batch:>5} {hf_rate:>19.1f} {mimo_rate:>11.1f} {mimo_rate / hf_rate:>5.2f}x", flush=True)
+        hf_runs, mimo_runs = [], []
+        for _ in range(args.repeats):
+            hf_runs.append(run_hf(hf, prompts, args.new_tokens))
+            mimo_runs.append(run_mimo(engine, prompts, args.new_tokens))
+        tokens = batch * args.new_tokens
+        hf_wall, hf_cpu = (tokens / statistics.median(r[i] for r in hf_runs) for i in (0, 1))
+        mimo_wall, mimo_cpu = (tokens / statistics.median(r[i] for r in mimo_runs) for i in (0, 1))
+        print(f"{batch:>5} {hf_wall:>14.1f} {mimo_wall:>14.1f} {mimo_wall / hf_wall:>5.2f}x | "
+              f"{hf_cpu:>12.1f} {mimo_cpu:>8.1f} {mimo_cpu / hf_cpu:>5.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,16 +15,16 @@ Architecture (mimo-spec.md section 1):
 Module and parameter names equal the tensor names of the published checkpoints, so a state_dict is
 a Hugging Face checkpoint as is (see mimo/checkpoint.py).
 
-Attention goes through `scaled_dot_product_attention`. An optional per-layer `kv` object lets the
-inference engine own the KV cache: `kv.update(k, v)` stores this step's keys/values and returns the
-keys/values to attend over (see mimo/engine). Training passes none.
+Attention goes through `scaled_dot_product_attention`. This file is the reference forward used for
+training and scoring; the inference engine (mimo/engine/runner.py) runs the same math over these very
+parameters with a KV cache and fused projections, and is tested against this forward.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,12 +35,6 @@ from mimo.config import MiMoConfig
 # MiMo's published MTP loss weight for most of pretraining (0.1 in the last stretch); recipes schedule it.
 MTP_LOSS_WEIGHT = 0.3
 IGNORE_INDEX = -100
-
-
-class KVStore(Protocol):
-    """What attention needs from a KV cache: store new keys/values, return everything to attend over."""
-
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class RMSNorm(nn.Module):
@@ -102,19 +96,14 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, kv_dim, bias=config.attention_bias)
         self.o_proj = nn.Linear(q_dim, config.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None, kv: KVStore | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if kv is not None:
-            k, v = kv.update(k, v)
-        # mask=None means causal attention within this chunk (the fused path for training); with a KV
-        # store it means "attend to everything stored", which is right for one-token decode steps.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and kv is None,
-                                           enable_gqa=True)
+        # mask=None means plain causal attention (SDPA's fused path, the common case in training).
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
@@ -137,8 +126,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, mask, kv: KVStore | None = None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv)
+    def forward(self, x, cos, sin, mask) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -152,16 +141,11 @@ class MTPLayer(DecoderLayer):
         self.input_proj = nn.Linear(2 * config.hidden_size, config.hidden_size, bias=False)
         self.final_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, hidden, next_embeds, cos, sin, mask, kv: KVStore | None = None) -> torch.Tensor:
+    def forward(self, hidden, next_embeds, cos, sin, mask) -> torch.Tensor:
         """hidden: the trunk's pre-final-norm state at t; next_embeds: embedding of the token MTP conditions
         on. Returns the normalised state to feed the shared LM head."""
-        return self.final_layernorm(self.block(hidden, next_embeds, cos, sin, mask, kv))
-
-    def block(self, hidden, next_embeds, cos, sin, mask, kv: KVStore | None = None) -> torch.Tensor:
-        """The layer before its final norm. A speculative drafter that reuses one MTP layer for several
-        steps feeds this state back in as the next step's `hidden`, as vLLM does."""
         x = self.input_proj(torch.cat([self.hidden_layernorm(hidden), self.token_layernorm(next_embeds)], dim=-1))
-        return super().forward(x, cos, sin, mask, kv)
+        return self.final_layernorm(super().forward(x, cos, sin, mask))
 
 
 class MiMoModel(nn.Module):
@@ -175,12 +159,12 @@ class MiMoModel(nn.Module):
         self.mtp_layers = nn.ModuleList(MTPLayer(config) for _ in range(config.num_nextn_predict_layers))
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
 
-    def forward(self, input_ids, position_ids, mask, kv: Sequence[KVStore] | None = None):
+    def forward(self, input_ids, position_ids, mask):
         """Returns (pre-final-norm hidden states, (cos, sin)) so MTP layers can reuse both."""
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary(position_ids, x.dtype)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, kv[i] if kv is not None else None)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask)
         return x, (cos, sin)
 
 

@@ -9,6 +9,7 @@ import torch
 
 from mimo.config import MiMoConfig
 from mimo.engine import Engine, SamplingParams
+from mimo.engine.engine import _layout
 from mimo.engine.sampling import process_logits
 from mimo.model import MiMoForCausalLM
 
@@ -65,6 +66,45 @@ def recompute_greedy(model, prompt, max_tokens):
 
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 0.1)])
+def test_runner_matches_the_model_forward(dtype, tol):
+    """The engine's fused forward (mimo/engine/runner.py) against MiMoForCausalLM itself, trunk and MTP,
+    on two right-padded prompts written into cache slots 1 and 2."""
+    model = random_model(seed=4, attention_bias=True).to(dtype)
+    ids = torch.tensor(random_prompts(2, 9, 10, model.config.vocab_size, seed=2))  # both 9 tokens long
+    with torch.no_grad():
+        ref = model(ids)
+    engine = Engine(model, max_batch_size=4, num_speculative_tokens=1)
+    with torch.inference_mode():
+        hidden = engine.runner.trunk(engine.cache, ids, _layout([0, 0], 9, ids.device, start=1))
+        logits = engine.runner.logits(hidden).view(2, 9, -1)
+        future = torch.cat([ids[:, 1:], torch.zeros(2, 1, dtype=torch.long)], dim=1)
+        state = engine.runner.mtp_block(engine.mtp_cache, hidden, future, _layout([0, 0], 9, ids.device))
+        mtp_logits = engine.runner.mtp_logits(state).view(2, 9, -1)
+        # One more decode position per row, at different lengths (the masked path), against a full forward.
+        step = _layout([5, 3], 1, ids.device, start=1)
+        last = engine.runner.logits(engine.runner.trunk(engine.cache, ids[:, :1], step))
+    assert (logits - ref.logits.float()).abs().max() < tol
+    assert (mtp_logits - ref.mtp_logits[0].float()).abs().max() < tol
+    with torch.no_grad():
+        for row, n in ((0, 5), (1, 3)):
+            full = model(torch.cat([ids[row, :n], ids[row, :1]])[None], with_mtp=False).logits[0, -1]
+            assert (last[row] - full.float()).abs().max() < tol
+
+
+def test_weights_changed_in_place_are_picked_up():
+    """RL trains the policy between rollouts, and the server loads new weights into its model: the
+    engine's fused weight copies must follow."""
+    model, other = random_model(seed=5), random_model(seed=6)
+    prompt = random_prompts(1, 5, 6, model.config.vocab_size, seed=3)
+    engine = Engine(model)
+    before = engine.generate(prompt, GREEDY)[0].samples[0].token_ids
+    model.load_state_dict(other.state_dict())  # copies in place
+    after = engine.generate(prompt, GREEDY)[0].samples[0].token_ids
+    assert after == Engine(other).generate(prompt, GREEDY)[0].samples[0].token_ids
+    assert after != before
 
 
 def test_greedy_equals_full_recompute_loop(model):

@@ -39,3 +39,17 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
     path.write_text("optim:\n  learning_rate: 0.1\n")
     with pytest.raises(RecipeError, match=r"r\.yaml.*unknown key 'learning_rate'.*known keys: beta1"):
         load_recipe(TrainRecipe, path)
+
+
+def test_shipped_training_recipes_load_and_validate():
+    from pathlib import Path
+
+    from mimo.train.loop import validate
+
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    recipes = sorted(root.glob("pretrain*.yaml"))
+    assert recipes
+    for path in recipes:
+        validate(load_recipe(TrainRecipe, path), "pretrain")
+    sft = load_recipe(TrainRecipe, root / "sft-tiny.yaml")
+    assert sft.model.init_from and sft.sources["chats"].kind == "reasoning_chat"

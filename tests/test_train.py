@@ -16,11 +16,10 @@ from safetensors.torch import load_file
 
 import mimo.train.checkpointing as checkpointing
 from mimo.data.packing import PackedStream, ReasoningSource
-from mimo.recipe import RecipeError, load_recipe
-from mimo.tokenizer import Tokenizer
+from mimo.recipe import load_recipe
+from mimo.tokenizer import Tokenizer, train_tokenizer
 from mimo.train.checkpointing import STATE_FILE, latest_checkpoint
-from mimo.train.loop import TrainRecipe, train, tokenizer_training_texts
-from mimo.tokenizer import train_tokenizer
+from mimo.train.loop import TrainRecipe, tokenizer_training_texts, train
 
 TINY = """
 model: {preset: mimo-2m, config: {hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, head_dim: 16}}

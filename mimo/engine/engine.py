@@ -8,7 +8,8 @@ One `step()` is one scheduling round:
    prefilled once and its cache copied to the request's other n-1 samples (prefix sharing), and the
    prefill already yields each sample's first token;
 3. finished sequences release their slot at once.
-Requests therefore join and leave between steps, and no sequence waits for the longest one.
+Requests therefore join and leave between steps, and no sequence waits for the longest one. The
+forward passes themselves run in mimo/engine/runner.py (the model's math in fewer, cheaper ops).
 
 Speculation (mimo-spec.md section 3). MTP layer 0 at position t reads the trunk's pre-norm h_t and
 embed(x_{t+1}) and predicts x_{t+2}. After a step that left the trunk's hidden states for positions
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from mimo.engine.cache import KVCache, attention_mask
 from mimo.engine.runner import Batch, ModelRunner
@@ -377,24 +379,24 @@ class Engine:
         rows = [(b, t) for b, d in enumerate(drafts) for t in range(len(d) + 1)]
         flat = hidden[torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])]
         logits = self.runner.logits(flat)
+        raw, target = logits.log_softmax(-1), logits.argmax(-1).tolist()
         offset = 0
         for b, seq in enumerate(seqs):
             m = len(drafts[b])
-            accepted = self._verify(seq, drafts[b], draft_probs[b], logits[offset:offset + m + 1])
+            kept = slice(offset, offset + m + 1)
+            accepted = self._verify(seq, drafts[b], draft_probs[b], logits[kept], raw[kept], target[kept])
             seq.pending = hidden[b, :accepted + 1]
             offset += m + 1
 
-    def _verify(self, seq: _Sequence, draft: list[int], q: torch.Tensor | None, logits: torch.Tensor) -> int:
-        """Speculative sampling over one sequence's m drafts and m + 1 target rows; emits the kept
-        tokens and returns how many drafts were accepted."""
+    def _verify(self, seq: _Sequence, draft: list[int], q: torch.Tensor | None, logits: torch.Tensor,
+                raw: torch.Tensor, target: list[int]) -> int:
+        """Speculative sampling over one sequence's m drafts and m + 1 target rows (logits, their raw
+        log-probs and argmaxes); emits the kept tokens and returns how many drafts were accepted."""
         params = seq.params
         m = len(draft)
-        raw = logits.log_softmax(-1)
-        scaled = process_logits(logits, [params] * (m + 1))
-        log_p = scaled.log_softmax(-1)
         top = self._top_logprobs(raw, [params] * (m + 1))
         greedy = params.greedy
-        target = logits.argmax(-1).tolist() if greedy else None
+        log_p = None if greedy else process_logits(logits, [params] * (m + 1)).log_softmax(-1)
         for j in range(m + 1):
             if j < m:
                 d = draft[j]
@@ -434,12 +436,8 @@ class Engine:
         # Catch the drafter's cache up over the positions the last step added; the last one drafts.
         counts = [s.pending.shape[0] for s in seqs]
         T = max(counts)
-        H = seqs[0].pending.shape[-1]
-        hidden = torch.zeros(B, T, H, dtype=self.model.dtype, device=device)
-        future = torch.zeros(B, T, dtype=torch.long, device=device)
-        for b, s in enumerate(seqs):
-            hidden[b, :counts[b]] = s.pending
-            future[b, :counts[b]] = torch.tensor(s.tokens[s.mtp_len + 1:], device=device)
+        hidden = pad_sequence([s.pending for s in seqs], batch_first=True)  # [B, T, H]
+        future = torch.tensor([s.tokens[s.mtp_len + 1:] + [0] * (T - n) for s, n in zip(seqs, counts)], device=device)
         out = self._mtp(hidden, future, [s.mtp_len for s in seqs])
         state = out[torch.arange(B), torch.tensor(counts) - 1][:, None]  # [B, 1, H]
         for s in seqs:
@@ -450,19 +448,20 @@ class Engine:
         qs: list[list[torch.Tensor]] = [[] for _ in seqs]
         active = [b > 0 for b in budgets]
         params = [s.params for s in seqs]
+        all_greedy = all(p.greedy for p in params)
         for j in range(max(budgets, default=0)):
             if j:  # reuse layer 0: its own output stands in for the trunk's state one position on
                 last = torch.tensor([d[-1] if d else 0 for d in drafts], device=device)[:, None]
                 state = self._mtp(state, last, [len(s.tokens) - 1 + j - 1 for s in seqs])
             logits = self.runner.mtp_logits(state[:, 0])
-            scaled = process_logits(logits, params)
-            probs = scaled.softmax(-1)
-            greedy = torch.tensor([p.greedy for p in params], device=device)
+            confidence = logits.softmax(-1).amax(-1).tolist()
             tokens = logits.argmax(-1)
-            if not bool(greedy.all()):
+            probs = None  # the draft distribution q, kept for sampled rows' verification
+            if not all_greedy:
+                probs = process_logits(logits, params).softmax(-1)
+                greedy = torch.tensor([p.greedy for p in params], device=device)
                 noise = exponential_noise([s.generator for s in seqs], logits.shape[-1], device, self._generator)
                 tokens = torch.where(greedy, tokens, sample_from(probs, noise))
-            confidence = logits.softmax(-1).max(-1).values.tolist()
             for b, tok in enumerate(tokens.tolist()):
                 if not active[b]:
                     continue
@@ -470,7 +469,8 @@ class Engine:
                     active[b] = False
                     continue
                 drafts[b].append(tok)
-                qs[b].append(probs[b])
+                if probs is not None:
+                    qs[b].append(probs[b])
                 active[b] = len(drafts[b]) < budgets[b]
             if not any(active):
                 break

@@ -6,11 +6,13 @@ of mimo-2m at batch 1 had ~40% of a step outside the matmuls), so this runs the 
 - q/k/v and gate/up each as one matmul, on fused copies of those weights. The copies are rebuilt when
   any layer weight changes in place (RL trains the model the engine samples from; a server loads new
   weights into it), which `refresh` sees in the tensors' version counters. Replacing parameter
-  objects instead (`module.weight = ...`) needs a new Engine;
+  objects instead (`module.weight = ...`) needs a new Engine. The copies cost memory: the q/k/v
+  and gate/up weights are held twice;
 - plain tensors instead of module calls, and tokens flattened to [N, H] rows;
 - RoPE read from a table (cos/sin are elementwise in the position, so the table is exact) and applied
-  to q and k together, with `roll` and a sign-folded sin in place of chunk/neg/cat;
+  in place to q and k together, with `roll` and a sign-folded sin in place of chunk/neg/cat;
 - one `index_copy_` per layer for the new keys and values, at flat cache rows computed once a step;
+- residual adds inside the output matmuls (`addmm`);
 - no attention mask where none is needed: a prefill from position 0 is plain causal attention (right
   padding only ever follows the real tokens), and a decode step whose rows all sit at one position
   sees every stored key. One-query rows pass the query heads that share a kv head as that head's
@@ -37,18 +39,18 @@ class _Weights:
     input_norm: torch.Tensor
     qkv: torch.Tensor
     qkv_bias: torch.Tensor | None
-    o: torch.Tensor
+    o_t: torch.Tensor  # transposed views, for addmm
     post_norm: torch.Tensor
     gate_up: torch.Tensor
-    down: torch.Tensor
+    down_t: torch.Tensor
 
     @classmethod
-    def of(cls, layer: DecoderLayer) -> "_Weights":
+    def of(cls, layer: DecoderLayer) -> _Weights:
         attn, mlp = layer.self_attn, layer.mlp
         bias = None if attn.q_proj.bias is None else torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
         return cls(layer.input_layernorm.weight, torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
-                   bias, attn.o_proj.weight, layer.post_attention_layernorm.weight,
-                   torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), mlp.down_proj.weight)
+                   bias, attn.o_proj.weight.t(), layer.post_attention_layernorm.weight,
+                   torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), mlp.down_proj.weight.t())
 
 
 @dataclass
@@ -69,7 +71,8 @@ class ModelRunner:
             config.num_attention_heads, config.num_key_value_heads, config.head_dim)
         self.intermediate, self.eps = config.intermediate_size, config.rms_norm_eps
         self._layers = list(model.model.layers) + list(model.model.mtp_layers)[:num_mtp_layers]
-        self._sources = [t for layer in self._layers for t in layer.parameters()]
+        # Inference tensors keep no version counter; they can only change inside inference_mode.
+        self._sources = [t for layer in self._layers for t in layer.parameters() if not t.is_inference()]
         self._versions = [t._version for t in self._sources]
         self.weights = [_Weights.of(layer) for layer in self._layers]
         self.mtp = list(model.model.mtp_layers)[:num_mtp_layers]
@@ -98,8 +101,9 @@ class ModelRunner:
         Hq, Hk, D = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = F.linear(self._norm(x, w.input_norm), w.qkv, w.qkv_bias).view(N, -1, D)
         qk = qkv[:, :Hq + Hk]
-        qk = qk * cos + qk.roll(D // 2, dims=-1) * sin
-        cache.write(layer, rows, qk[:, Hq:], qkv[:, Hq + Hk:])
+        rolled = qk.roll(D // 2, dims=-1)
+        qk.mul_(cos).addcmul_(rolled, sin)  # RoPE in place: q, k, v stay side by side for the cache
+        cache.write(layer, rows, qkv[:, Hq:])
         k, v = cache.read(layer, batch.start, B, batch.length)
         if T == 1:
             # The query heads that share a kv head go in as that head's T = group queries (q head h reads
@@ -109,9 +113,9 @@ class ModelRunner:
             y = F.scaled_dot_product_attention(qk[:, :Hq].view(B, T, Hq, D).transpose(1, 2), k, v,
                                                attn_mask=batch.mask, is_causal=batch.mask is None,
                                                enable_gqa=True).transpose(1, 2)
-        x = x + F.linear(y.reshape(N, Hq * D), w.o)
+        x = torch.addmm(x, y.reshape(N, Hq * D), w.o_t)  # the residual add inside the matmul
         gate, up = F.linear(self._norm(x, w.post_norm), w.gate_up).split(self.intermediate, dim=-1)
-        return x + F.linear(F.silu(gate) * up, w.down)
+        return torch.addmm(x, F.silu(gate) * up, w.down_t)
 
     def _blocks(self, x: torch.Tensor, layers: range, cache: KVCache, batch: Batch) -> torch.Tensor:
         cache.reserve(batch.length)

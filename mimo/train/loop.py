@@ -368,13 +368,16 @@ def make_optimizer(model: MiMoForCausalLM, optim: OptimArgs) -> torch.optim.Adam
 
 
 def full_state(model: MiMoForCausalLM, optimizer, recipe: TrainRecipe, rt: Runtime):
-    """(model to save, optimizer state) gathered on every rank; under FSDP2 the shards are gathered."""
+    """(model to save, optimizer state); under FSDP2 the shards are gathered to rank 0 (a collective every
+    rank must join; other ranks get (None, {}))."""
     if rt.distributed and recipe.train.fsdp and rt.device.type == "cuda":
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                              get_optimizer_state_dict)
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         weights = get_model_state_dict(model, options=options)
         opt_state = get_optimizer_state_dict(model, optimizer, options=options)
+        if not rt.is_main:
+            return None, {}
         plain = MiMoForCausalLM(model.config)
         plain.load_state_dict(weights)
         return plain, opt_state
