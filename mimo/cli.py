@@ -20,32 +20,28 @@ def _root() -> None:
 
 
 def _register() -> None:
-    # Imports live here so that importing mimo.cli stays cheap for tools that only need `app`.
+    # In data-flow order: model -> train -> rl -> inference -> eval. Imports live here so that importing
+    # mimo.cli stays cheap for tools that only need `app`.
     from mimo.checkpoint import info
-
-    app.command("info")(info)
-
+    from mimo.eval.harness import eval_command
+    from mimo.quickstart import quickstart
+    from mimo.rl.train import rl
     from mimo.serve.chat import chat, generate
     from mimo.serve.server import serve
-
-    app.command("serve")(serve)
-    app.command("generate")(generate)
-    app.command("chat")(chat)
-    from mimo.eval.harness import eval_command
-
-    app.command("eval")(eval_command)
-    from mimo.rl.train import rl
-
-    app.command("rl")(rl)
-    from mimo.quickstart import quickstart
     from mimo.train.plot import plot
     from mimo.train.pretrain import pretrain
     from mimo.train.sft import sft
 
+    app.command("quickstart")(quickstart)
+    app.command("info")(info)
     app.command("pretrain")(pretrain)
     app.command("sft")(sft)
-    app.command("quickstart")(quickstart)
+    app.command("rl")(rl)
     app.command("plot")(plot)
+    app.command("serve")(serve)
+    app.command("generate")(generate)
+    app.command("chat")(chat)
+    app.command("eval")(eval_command)
 
 
 def main() -> None:

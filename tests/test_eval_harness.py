@@ -180,7 +180,7 @@ def test_cli_end_to_end_prints_percent(endpoint, tmp_path):
 def test_bad_input_is_named(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "problem": "1+1", "answer": "2"}\n\n{"id": "b", "problem": "oops"\n')
-    with pytest.raises(DatasetError, match=r"bad.jsonl:3: not valid JSON"):
+    with pytest.raises(DatasetError, match=r"bad.jsonl:3: malformed JSON"):
         load_benchmark("math", bad)
     bad.write_text('{"id": "a", "problem": "1+1"}\n')
     with pytest.raises(DatasetError, match=r"bad.jsonl:1: missing field\(s\) answer"):

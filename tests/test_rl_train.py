@@ -133,3 +133,20 @@ def test_rl_under_torchrun_two_processes(checkpoint, tmp_path):
     assert [r["step"] for r in rows] == [1, 2] and all(r["grad_norm"] > 0 and r["entropy"] > 0 for r in rows)
     state = load_training_state(latest_checkpoint(tmp_path / "run"))
     assert len(state["sampler"]) == 2 and state["sampler"][0] != state["sampler"][1]
+
+
+def test_bad_recipe_and_problem_file_are_one_line_errors(checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "problems.jsonl"
+    bad.write_text('{"id": "a", "problem": "1+1?", "answer": "2"}\n{"id": "b", "problem": \n')
+    runs = {
+        "rollout.grup_size=4": "grup_size",  # a misspelt key names itself
+        f"problems.source=jsonl problems.path={bad}": "problems.jsonl:2: malformed JSON",
+    }
+    for overrides, message in runs.items():
+        out = subprocess.run([sys.executable, "-m", "mimo", "rl", "recipes/rl-tiny.yaml", f"model={checkpoint}",
+                              f"run_dir={tmp_path / 'run'}", *overrides.split()], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr

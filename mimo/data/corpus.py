@@ -20,7 +20,9 @@ class DataError(ValueError):
     """Unusable training data; the message names the file (and line)."""
 
 
-def _jsonl(path: Path) -> list[tuple[int, dict]]:
+def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSONL file; a DataError naming the file and
+    line for malformed JSON, a line that is not an object, or a missing `required` field."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
@@ -32,6 +34,9 @@ def _jsonl(path: Path) -> list[tuple[int, dict]]:
                 raise DataError(f"{path}:{line_no}: malformed JSON ({e.msg} at column {e.colno})") from e
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            missing = [key for key in required if key not in row]
+            if missing:
+                raise DataError(f"{path}:{line_no}: missing field(s) {', '.join(missing)}")
             rows.append((line_no, row))
     return rows
 
@@ -45,7 +50,7 @@ def read_text_corpus(path: str | Path, text_key: str = "text") -> list[str]:
     docs: list[str] = []
     for file in files:
         if file.suffix == ".jsonl":
-            for line_no, row in _jsonl(file):
+            for line_no, row in read_jsonl(file):
                 text = row.get(text_key)
                 if not isinstance(text, str):
                     raise DataError(f"{file}:{line_no}: expected a string field {text_key!r}")
@@ -65,7 +70,7 @@ def read_chat_jsonl(path: str | Path) -> list[list[dict[str, str]]]:
     if not path.is_file():
         raise DataError(f"{path}: chat file not found")
     chats = []
-    for line_no, row in _jsonl(path):
+    for line_no, row in read_jsonl(path):
         messages = row.get("messages")
         if not isinstance(messages, list) or not messages:
             raise DataError(f"{path}:{line_no}: expected a non-empty list field 'messages'")

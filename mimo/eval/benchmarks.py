@@ -16,11 +16,11 @@ contests and user stdin/stdout sets, the statement and "Read from standard input
 output.".
 """
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from mimo.data import corpus
 from mimo.rewards import CodeTests, RewardResult, SandboxLimits, SandboxPool, code_reward, extract_code, math_reward
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -28,8 +28,7 @@ CODE_INSTRUCTION = "Write your solution in Python 3 and reply with it in a singl
 CODE_FENCE = "```python\n"
 
 
-class DatasetError(ValueError):
-    """A dataset file that cannot be read; the message names the file and line."""
+DatasetError = corpus.DataError  # a dataset file that cannot be read; the message names the file and line
 
 
 @dataclass
@@ -55,26 +54,12 @@ class Problem:
 
 
 def read_jsonl(path: str | Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
-    """(line number, record) for every non-blank line; DatasetError naming the line on bad JSON or a
-    missing field."""
+    """(line number, record) for every non-blank line; DatasetError naming the file and line on bad JSON
+    or a missing field, or the file when it is missing or empty."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise DatasetError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-            missing = [key for key in required if key not in record]
-            if missing:
-                raise DatasetError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
-            rows.append((number, record))
+    rows = corpus.read_jsonl(path, required)
     if not rows:
         raise DatasetError(f"{path}: no records")
     return rows

@@ -30,6 +30,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from mimo.data.corpus import DataError
 from mimo.data.reasoning import DIFFICULTIES, FAMILIES, heldout_set, make_problem
 from mimo.engine import Engine, SamplingParams
 from mimo.eval.benchmarks import read_jsonl
@@ -103,7 +104,7 @@ class EvalArgs:
 
 @dataclass
 class RLRecipe:
-    model: str = "runs/quickstart/model"  # the SFT (or base) checkpoint to start from
+    model: str = "runs/quickstart/sft/model"  # the SFT (or base) checkpoint to start from
     run_dir: str = "runs/rl"
     steps: int = 50
     problems: ProblemArgs = field(default_factory=ProblemArgs)
@@ -506,4 +507,8 @@ def train_rl(recipe: RLRecipe, console: Console | None = None, reward_fn=verifia
 def rl(recipe: Path = typer.Argument(..., help="YAML recipe (see recipes/rl-tiny.yaml)"),
        overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. rollout.group_size=4")) -> None:
     """RL with verifiable rewards: MiMo's GRPO (no KL, token-level, clip-higher, dynamic sampling, easy pool)."""
-    train_rl(load_recipe(RLRecipe, recipe, overrides or []))
+    try:
+        train_rl(load_recipe(RLRecipe, recipe, overrides or []))
+    except (RecipeError, DataError) as e:  # recipe and data mistakes: one line, no traceback
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
