@@ -20,6 +20,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import contextlib
 
@@ -50,7 +51,14 @@ from mimo.train.evaluate import evaluate
 from mimo.train.checkpointing import (checkpoint_dir, latest_checkpoint, load_training_state, prune_checkpoints,
                                       rng_state, save_checkpoint, save_final_model, set_rng_state)
 from mimo.train.loop import OptimArgs, Runtime, TrainArgs, all_mean, init_runtime, lr_at, make_optimizer, wrap_model
-from mimo.train.metrics import MetricsLogger
+from mimo.train.metrics import MetricsLogger, progress_bar
+
+RL_FIELDS = ("reward {task.fields[reward]:.3f}  pass {task.fields[pass_rate]:.2f}  len {task.fields[response_length]:.0f}  "
+             "entropy {task.fields[entropy]:.3f}  clip {task.fields[clip_fraction]:.3f}  "
+             "dropped {task.fields[dropped_group_share]:.2f}  easy {task.fields[easy_pool]:.0f}  "
+             "gen {task.fields[generation_s]:.1f}s reward-wait {task.fields[reward_wait_s]:.1f}s "
+             "train {task.fields[train_s]:.1f}s")
+
 
 # ---- recipe ------------------------------------------------------------------------------------------
 
@@ -424,7 +432,12 @@ def train_rl(recipe: RLRecipe, console: Console | None = None, reward_fn=verifia
         eval_file.write_text(json.dumps({"before": before}, indent=2))
         log_accuracy(metrics, 0, before)
     shuffle = torch.Generator()
+    progress = progress_bar(rt.is_main and console.is_terminal, RL_FIELDS)
+    task = progress.add_task("rl", total=recipe.steps, completed=step, **dict.fromkeys(
+        ("reward", "pass_rate", "response_length", "entropy", "clip_fraction", "dropped_group_share", "easy_pool",
+         "generation_s", "reward_wait_s", "train_s"), 0.0))
     try:
+        progress.start()
         while step < recipe.steps:
             shuffle.manual_seed(recipe.train.seed * 1_000_003 + step)  # a pure function of the step: resumable
             lr = lr_at(step, recipe.steps, recipe.optim)
@@ -458,13 +471,9 @@ def train_rl(recipe: RLRecipe, console: Console | None = None, reward_fn=verifia
             record = {key: all_mean(value, rt) for key, value in record.items()}
             record.update(losses, lr=lr)
             metrics.log(step, kind="rl", **record)
-            if rt.is_main:
-                console.print(
-                    f"rl step {step}/{recipe.steps} reward {record['reward']:.3f} pass {record['pass_rate']:.2f} "
-                    f"len {record['response_length']:.0f} entropy {record['entropy']:.3f} "
-                    f"clip {record['clip_fraction']:.3f} dropped {record['dropped_group_share']:.2f} "
-                    f"easy {record['easy_pool']:.0f} | gen {record['generation_s']:.1f}s "
-                    f"reward-wait {record['reward_wait_s']:.1f}s train {train_s:.1f}s")
+            progress.update(task, completed=step, **{k: v for k, v in record.items() if k in task.fields})
+            if rt.is_main and not console.is_terminal and (step % 10 == 0 or step == recipe.steps):
+                console.print(f"rl step {step}/{recipe.steps} " + RL_FIELDS.format(task=SimpleNamespace(fields=record)))
             if rt.is_main and recipe.log_samples_every and step % recipe.log_samples_every == 0:
                 with open(run_dir / "samples.jsonl", "a") as f:
                     for g in groups[:2]:
@@ -485,6 +494,7 @@ def train_rl(recipe: RLRecipe, console: Console | None = None, reward_fn=verifia
                 if rt.distributed:
                     dist.barrier()
     finally:
+        progress.stop()
         rewards.close()
         if ro.backend == "remote":
             engine.close()

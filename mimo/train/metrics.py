@@ -72,10 +72,11 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def progress_bar(enabled: bool) -> Progress:
-    """A rich progress bar; update its task with fields loss, mtp, tps, lr."""
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  mtp {task.fields[mtp]:.4f}  {task.fields[tps]:,.0f} tok/s  "
-                   "lr {task.fields[lr]:.2e}"),
-        TimeRemainingColumn(), disable=not enabled, transient=False)
+TRAIN_FIELDS = ("loss {task.fields[loss]:.4f}  mtp {task.fields[mtp]:.4f}  {task.fields[tps]:,.0f} tok/s  "
+                "lr {task.fields[lr]:.2e}")
+
+
+def progress_bar(enabled: bool, fields: str = TRAIN_FIELDS) -> Progress:
+    """A rich progress bar with ETA; `fields` formats the task's fields (by default loss, mtp, tps, lr)."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(fields),
+                    TimeRemainingColumn(), disable=not enabled, transient=False)
