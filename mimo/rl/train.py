@@ -433,9 +433,9 @@ def train_rl(recipe: RLRecipe, console: Console | None = None, reward_fn=verifia
         log_accuracy(metrics, 0, before)
     shuffle = torch.Generator()
     progress = progress_bar(rt.is_main and console.is_terminal, RL_FIELDS)
-    task = progress.add_task("rl", total=recipe.steps, completed=step, **dict.fromkeys(
-        ("reward", "pass_rate", "response_length", "entropy", "clip_fraction", "dropped_group_share", "easy_pool",
-         "generation_s", "reward_wait_s", "train_s"), 0.0))
+    shown = ("reward", "pass_rate", "response_length", "entropy", "clip_fraction", "dropped_group_share", "easy_pool",
+             "generation_s", "reward_wait_s", "train_s")
+    task = progress.add_task("rl", total=recipe.steps, completed=step, **dict.fromkeys(shown, 0.0))
     try:
         progress.start()
         while step < recipe.steps:
@@ -471,7 +471,7 @@ def train_rl(recipe: RLRecipe, console: Console | None = None, reward_fn=verifia
             record = {key: all_mean(value, rt) for key, value in record.items()}
             record.update(losses, lr=lr)
             metrics.log(step, kind="rl", **record)
-            progress.update(task, completed=step, **{k: v for k, v in record.items() if k in task.fields})
+            progress.update(task, completed=step, **{k: record[k] for k in shown})
             if rt.is_main and not console.is_terminal and (step % 10 == 0 or step == recipe.steps):
                 console.print(f"rl step {step}/{recipe.steps} " + RL_FIELDS.format(task=SimpleNamespace(fields=record)))
             if rt.is_main and recipe.log_samples_every and step % recipe.log_samples_every == 0:
