@@ -149,7 +149,10 @@ def quickstart(
     console.print(f"\nexample held-out problem: {example.problem.prompt}\nmodel's answer:\n{example.completion}\n")
     console.print(f"done in {wall / 60:.1f} min. model: {final}   curves: {plot}   table: {run_dir / 'results.md'}\n")
     console.print("next commands to try:")
-    for command in (f"mimo info {final}",
+    for command in (f"mimo rl recipes/rl-tiny.yaml model={final}   # MiMo GRPO, about 7 min",
+                    f"mimo chat {final}",
+                    f"mimo serve {final} --port 8000",
+                    f"mimo info {final}",
                     f"mimo plot {pretrain_recipe.run_dir} {sft_recipe.run_dir}",
                     f"mimo pretrain {pretrain_recipe.run_dir}/recipe.yaml stages.0.steps=3000 run_dir=runs/longer",
                     f"mimo sft {sft_recipe.run_dir}/recipe.yaml model.init_from=runs/longer/model run_dir=runs/longer-sft",
