@@ -184,8 +184,6 @@ class RolloutCollector:
         if not informative:
             stats.groups_dropped += 1
 
-    # ---- seamless ---------------------------------------------------------------------------
-
     def _settle(self, groups: list[Group], selected: list[Group]) -> None:
         """Rewind the sampler past unselected later draws, then record the FIFO prefix's pass rates."""
         last = selected[-1].index
@@ -203,6 +201,8 @@ class RolloutCollector:
         self._settle(groups, selected)
         stats.samples_used = batch_groups * self.G
         return selected, stats
+
+    # ---- seamless ---------------------------------------------------------------------------
 
     def _collect_seamless(self, batch_groups: int, seed: int):
         stats, groups = RolloutStats(), []
