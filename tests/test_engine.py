@@ -11,6 +11,8 @@ from mimo.config import MiMoConfig
 from mimo.engine import Engine, SamplingParams
 from mimo.engine.engine import _layout
 from mimo.engine.sampling import process_logits
+from mimo.engine import runner
+from mimo.engine.runner import _Linear, can_prepack
 from mimo.model import MiMoForCausalLM
 
 # A pattern language the tiny model memorises in seconds, so its MTP layer drafts well.
@@ -68,15 +70,19 @@ def recompute_greedy(model, prompt, max_tokens):
 GREEDY = SamplingParams(max_tokens=12, temperature=0)
 
 
+@pytest.mark.parametrize("prepack", [True, False])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 0.1)])
-def test_runner_matches_the_model_forward(dtype, tol):
+def test_runner_matches_the_model_forward(dtype, tol, prepack, monkeypatch):
     """The engine's fused forward (mimo/engine/runner.py) against MiMoForCausalLM itself, trunk and MTP,
-    on two right-padded prompts written into cache slots 1 and 2."""
+    on two right-padded prompts written into cache slots 1 and 2, with and without prepacked weights
+    (every weight of this tiny model, though by default only large ones are packed)."""
+    monkeypatch.setattr(_Linear, "PACK_MIN_BYTES", 0)
     model = random_model(seed=4, attention_bias=True).to(dtype)
     ids = torch.tensor(random_prompts(2, 9, 10, model.config.vocab_size, seed=2))  # both 9 tokens long
     with torch.no_grad():
         ref = model(ids)
-    engine = Engine(model, max_batch_size=4, num_speculative_tokens=1)
+    engine = Engine(model, max_batch_size=4, num_speculative_tokens=1, prepack=prepack)
+    assert engine.runner.prepack == engine.runner.lm_head.prepacked == (prepack and can_prepack(model.device, dtype))
     with torch.inference_mode():
         hidden = engine.runner.trunk(engine.cache, ids, _layout([0, 0], 9, ids.device, start=1))
         logits = engine.runner.logits(hidden).view(2, 9, -1)
@@ -94,9 +100,10 @@ def test_runner_matches_the_model_forward(dtype, tol):
             assert (last[row] - full.float()).abs().max() < tol
 
 
-def test_weights_changed_in_place_are_picked_up():
+def test_weights_changed_in_place_are_picked_up(monkeypatch):
     """RL trains the policy between rollouts, and the server loads new weights into its model: the
-    engine's fused weight copies must follow."""
+    engine's fused and packed weight copies must follow."""
+    monkeypatch.setattr(_Linear, "PACK_MIN_BYTES", 0)
     model, other = random_model(seed=5), random_model(seed=6)
     prompt = random_prompts(1, 5, 6, model.config.vocab_size, seed=3)
     engine = Engine(model)
@@ -107,6 +114,21 @@ def test_weights_changed_in_place_are_picked_up():
     assert after != before
 
 
+def test_no_prepacking_when_the_copies_would_not_fit(model, monkeypatch, caplog):
+    """Packed weight copies double the projections' memory; an engine that would run the machine out
+    of memory with them runs on the model's own weights instead, with the same output."""
+    monkeypatch.setattr(_Linear, "PACK_MIN_BYTES", 0)
+    prompts = random_prompts(2, 3, 9, model.config.vocab_size, seed=8)
+    packed = Engine(model)
+    monkeypatch.setattr(runner, "available_memory", lambda: 1 << 20)
+    with caplog.at_level("WARNING"):
+        unpacked = Engine(model)
+    assert packed.runner.prepack == can_prepack(model.device, model.dtype) and not unpacked.runner.prepack
+    assert "not prepacking" in caplog.text
+    assert ([o.samples[0].token_ids for o in packed.generate(prompts, GREEDY)]
+            == [o.samples[0].token_ids for o in unpacked.generate(prompts, GREEDY)])
+
+
 def test_greedy_equals_full_recompute_loop(model):
     prompts = random_prompts(6, 1, 40, model.config.vocab_size)
     outs = Engine(model, max_batch_size=3).generate(prompts, GREEDY)  # 3 slots: requests join mid-run
@@ -115,8 +137,11 @@ def test_greedy_equals_full_recompute_loop(model):
         assert out.samples[0].finish_reason == "length"
 
 
-def test_greedy_equals_transformers_generate_on_qwen2_weights(tmp_path):
+@pytest.mark.parametrize("pack_min_bytes", [_Linear.PACK_MIN_BYTES, 0])
+def test_greedy_equals_transformers_generate_on_qwen2_weights(tmp_path, monkeypatch, pack_min_bytes):
+    """Also with every weight prepacked (oneDNN's kernels round differently from F.linear's)."""
     transformers = pytest.importorskip("transformers")
+    monkeypatch.setattr(_Linear, "PACK_MIN_BYTES", pack_min_bytes)
     model = random_model(seed=3, num_nextn_predict_layers=0, model_type="qwen2",
                          architectures=["Qwen2ForCausalLM"])
     model.save_pretrained(tmp_path)

@@ -135,11 +135,13 @@ class Engine:
     def __init__(self, model: MiMoForCausalLM, tokenizer=None, max_batch_size: int = 32,
                  max_seq_len: int | None = None, max_batched_tokens: int = 4096,
                  num_speculative_tokens: int = 0, draft_confidence: float = 0.3,
-                 eos_token_ids: Sequence[int] | None = None, seed: int | None = None):
+                 eos_token_ids: Sequence[int] | None = None, seed: int | None = None, prepack: bool = True):
         """model: a MiMoForCausalLM (eval mode is set here). tokenizer: needed for stop strings and
         `Sample.text`. max_seq_len: context length (prompt + output), default the model's, capped at 4096.
         max_batched_tokens: prefill token budget per step. num_speculative_tokens: MTP draft depth k
-        (0 = plain decoding). eos_token_ids: default the config's plus the tokenizer's stop tokens."""
+        (0 = plain decoding). eos_token_ids: default the config's plus the tokenizer's stop tokens.
+        prepack: run the projections on oneDNN-prepacked copies of their weights (CPU; faster, but the
+        copies double the projection weights' memory; see mimo/engine/runner.py)."""
         config = model.config
         if num_speculative_tokens and not config.num_nextn_predict_layers:
             raise ValueError("speculative decoding needs MTP layers; this model has none")
@@ -161,7 +163,7 @@ class Engine:
         shape = (max_batch_size, config.num_key_value_heads, config.head_dim, cache_len, model.dtype, model.device)
         self.cache = KVCache(config.num_hidden_layers, *shape)
         self.mtp_cache = KVCache(1, *shape) if self.k else None
-        self.runner = ModelRunner(model, cache_len, num_mtp_layers=1 if self.k else 0)
+        self.runner = ModelRunner(model, cache_len, num_mtp_layers=1 if self.k else 0, prepack=prepack)
         self.waiting: deque[_Request] = deque()
         self.running: list[_Sequence] = []  # running[i].slot == i
         self.requests: dict[str, _Request] = {}

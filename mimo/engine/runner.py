@@ -3,16 +3,19 @@
 Decoding a small model on a CPU costs per-op and per-module overhead more than arithmetic (a profile
 of mimo-2m at batch 1 had ~40% of a step outside the matmuls), so this runs the same computation as
 `mimo.model` with:
-- q/k/v and gate/up each as one matmul, on fused copies of those weights. The copies are rebuilt when
-  any layer weight changes in place (RL trains the model the engine samples from; a server loads new
-  weights into it), which `refresh` sees in the tensors' version counters. Replacing parameter
-  objects instead (`module.weight = ...`) needs a new Engine. The copies cost memory: the q/k/v
-  and gate/up weights are held twice;
+- projections on weights prepacked once for oneDNN (CPU; bf16 all, fp32 from 1 MiB up), q/k/v
+  and gate/up each as one matmul. `F.linear` re-lays out its weight for the GEMM kernel on every call,
+  which on a CPU costs as much as the multiply itself at decode sizes (benchmarks/README.md: 1.2-2.1x
+  faster matmuls at 32 rows on such weights). The packed copies are rebuilt when any weight changes
+  in place (RL trains the model the engine samples from; a server loads new weights into it), which
+  `refresh` sees in the tensors' version counters. Replacing parameter objects instead (`module.weight = ...`) needs a new Engine.
+  The copies cost memory: those weights are held twice (`prepack=False` opts out, and so does the
+  runner when the copies would take more than half of the free memory);
 - plain tensors instead of module calls, and tokens flattened to [N, H] rows;
 - RoPE read from a table (cos/sin are elementwise in the position, so the table is exact) and applied
   in place to q and k together, with `roll` and a sign-folded sin in place of chunk/neg/cat;
 - one `index_copy_` per layer for the new keys and values, at flat cache rows computed once a step;
-- residual adds inside the output matmuls (`addmm`);
+- residual adds inside the output projections' kernels;
 - no attention mask where none is needed: a prefill from position 0 is plain causal attention (right
   padding only ever follows the real tokens), and a decode step whose rows all sit at one position
   sees every stored key. One-query rows pass the query heads that share a kv head as that head's
@@ -23,6 +26,8 @@ greedy outputs with `transformers`.
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -32,25 +37,79 @@ from mimo.engine.cache import KVCache
 from mimo.model import DecoderLayer, MiMoForCausalLM
 
 
+log = logging.getLogger(__name__)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the kernel could hand out now (Linux MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+@functools.cache
+def can_prepack(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether oneDNN's prepacked linear runs here: CPU with oneDNN, fp32, or bf16 where the CPU has it
+    (tried once on a tiny weight, since builds for other CPUs may lack the ops)."""
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available() or dtype not in (torch.float32, torch.bfloat16):
+        return False
+    try:
+        if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+        weight = torch.ops.mkldnn._reorder_linear_weight(torch.ones(2, 2, dtype=dtype), 1)
+        y = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 2, dtype=dtype), weight, None, "none", [], "")
+        return bool((y == 2).all())
+    except (RuntimeError, AttributeError):
+        return False
+
+
+class _Linear:
+    """x @ W.T (+ bias) (+ a residual added in the same kernel), W [out, in] prepacked or plain."""
+
+    # oneDNN picks the packed layout for this many rows; measured best from 1 to 64 rows at decode sizes.
+    PACK_ROWS = 32
+    # In fp32 a oneDNN call costs ~10 us more than F.linear's (MKL); below ~1 MiB of weight (which then
+    # stays in cache on small models) that is more than the re-layout it saves (benchmarks/README.md,
+    # per shape). bf16 F.linear runs on oneDNN anyway, so packing only saves there.
+    PACK_MIN_BYTES = 1 << 20
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, prepack: bool):
+        self.prepacked = prepack and (weight.dtype == torch.bfloat16 or weight.nbytes >= self.PACK_MIN_BYTES)
+        self.bias = bias
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, self.PACK_ROWS) if self.prepacked else weight
+
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self.prepacked:
+            if residual is None:
+                return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
+        if residual is None:
+            return F.linear(x, self.weight, self.bias)
+        return torch.addmm(residual, x, self.weight.t())  # residual projections have no bias
+
+
 @dataclass
 class _Weights:
-    """One decoder block's weights as the runner reads them (live parameters, fused copies)."""
+    """One decoder block's weights as the runner reads them (live norm weights, packed projections)."""
 
     input_norm: torch.Tensor
-    qkv: torch.Tensor
-    qkv_bias: torch.Tensor | None
-    o_t: torch.Tensor  # transposed views, for addmm
+    qkv: _Linear
+    o: _Linear
     post_norm: torch.Tensor
-    gate_up: torch.Tensor
-    down_t: torch.Tensor
+    gate_up: _Linear
+    down: _Linear
 
     @classmethod
-    def of(cls, layer: DecoderLayer) -> _Weights:
+    def of(cls, layer: DecoderLayer, prepack: bool) -> _Weights:
         attn, mlp = layer.self_attn, layer.mlp
         bias = None if attn.q_proj.bias is None else torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
-        return cls(layer.input_layernorm.weight, torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
-                   bias, attn.o_proj.weight.t(), layer.post_attention_layernorm.weight,
-                   torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), mlp.down_proj.weight.t())
+        qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+        return cls(layer.input_layernorm.weight, _Linear(qkv, bias, prepack),
+                   _Linear(attn.o_proj.weight, None, prepack), layer.post_attention_layernorm.weight,
+                   _Linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), None, prepack),
+                   _Linear(mlp.down_proj.weight, None, prepack))
 
 
 @dataclass
@@ -64,29 +123,43 @@ class Batch:
 
 
 class ModelRunner:
-    def __init__(self, model: MiMoForCausalLM, max_len: int, num_mtp_layers: int):
+    def __init__(self, model: MiMoForCausalLM, max_len: int, num_mtp_layers: int, prepack: bool = True):
         config = model.config
+        self.prepack = prepack and can_prepack(model.device, model.dtype)
         self.model = model
         self.n_heads, self.n_kv_heads, self.head_dim = (
             config.num_attention_heads, config.num_key_value_heads, config.head_dim)
         self.intermediate, self.eps = config.intermediate_size, config.rms_norm_eps
         self._layers = list(model.model.layers) + list(model.model.mtp_layers)[:num_mtp_layers]
+        tracked = [model.lm_head, *self._layers]
         # Inference tensors keep no version counter; they can only change inside inference_mode.
-        self._sources = [t for layer in self._layers for t in layer.parameters() if not t.is_inference()]
+        self._sources = [t for module in tracked for t in module.parameters() if not t.is_inference()]
         self._versions = [t._version for t in self._sources]
-        self.weights = [_Weights.of(layer) for layer in self._layers]
+        copies = sum(t.nbytes for m in tracked for t in m.parameters() if t.dim() == 2)  # at most this is packed
+        free = available_memory()
+        if self.prepack and free is not None and 2 * copies > free:
+            log.warning("not prepacking the engine's weights: the %.1f GB of copies would leave too little of "
+                        "the %.1f GB of free memory", copies / 1e9, free / 1e9)
+            self.prepack = False
         self.mtp = list(model.model.mtp_layers)[:num_mtp_layers]
-        self.embed, self.norm, self.lm_head = model.model.embed_tokens.weight, model.model.norm.weight, model.lm_head.weight
+        self.embed, self.norm = model.model.embed_tokens.weight, model.model.norm.weight
+        self._pack()
         cos, sin = model.model.rotary(torch.arange(max_len, device=model.device), model.dtype)  # [L, D]
         half = self.head_dim // 2
         # rotate_half(x) * sin == roll(x, D/2) * [-sin_lo, sin_hi], bit for bit.
         self.cos, self.sin = cos, torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)
 
+    def _pack(self) -> None:
+        self.weights = [_Weights.of(layer, self.prepack) for layer in self._layers]
+        self.lm_head = _Linear(self.model.lm_head.weight, None, self.prepack)
+        self.mtp_input = [_Linear(layer.input_proj.weight, None, self.prepack) for layer in self.mtp]
+
     def refresh(self) -> None:
-        """Rebuild the fused weights if a weight changed in place (an optimizer step, a weight load)."""
+        """Rebuild the packed weights if a weight changed in place (an optimizer step, a weight load)."""
         versions = [t._version for t in self._sources]
         if versions != self._versions:
-            self.weights, self._versions = [_Weights.of(layer) for layer in self._layers], versions
+            self._pack()
+            self._versions = versions
 
     # ---- forward pieces -------------------------------------------------------------------------
 
@@ -99,7 +172,7 @@ class ModelRunner:
         """One decoder block over tokens x [N, H]; writes their keys/values into the cache."""
         (B, T), N = batch.positions.shape, x.shape[0]
         Hq, Hk, D = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv = F.linear(self._norm(x, w.input_norm), w.qkv, w.qkv_bias).view(N, -1, D)
+        qkv = w.qkv(self._norm(x, w.input_norm)).view(N, -1, D)
         qk = qkv[:, :Hq + Hk]
         rolled = qk.roll(D // 2, dims=-1)
         qk.mul_(cos).addcmul_(rolled, sin)  # RoPE in place: q, k, v stay side by side for the cache
@@ -113,9 +186,9 @@ class ModelRunner:
             y = F.scaled_dot_product_attention(qk[:, :Hq].view(B, T, Hq, D).transpose(1, 2), k, v,
                                                attn_mask=batch.mask, is_causal=batch.mask is None,
                                                enable_gqa=True).transpose(1, 2)
-        x = torch.addmm(x, y.reshape(N, Hq * D), w.o_t)  # the residual add inside the matmul
-        gate, up = F.linear(self._norm(x, w.post_norm), w.gate_up).split(self.intermediate, dim=-1)
-        return torch.addmm(x, F.silu(gate) * up, w.down_t)
+        x = w.o(y.reshape(N, Hq * D), residual=x)  # the residual add inside the matmul
+        gate, up = w.gate_up(self._norm(x, w.post_norm)).split(self.intermediate, dim=-1)
+        return w.down(F.silu(gate) * up, residual=x)
 
     def _blocks(self, x: torch.Tensor, layers: range, cache: KVCache, batch: Batch) -> torch.Tensor:
         cache.reserve(batch.length)
@@ -136,12 +209,12 @@ class ModelRunner:
         layer = self.mtp[0]
         x = torch.cat([self._norm(hidden, layer.hidden_layernorm.weight),
                        self._norm(F.embedding(next_ids.reshape(-1), self.embed), layer.token_layernorm.weight)], dim=-1)
-        x = F.linear(x, layer.input_proj.weight)
+        x = self.mtp_input[0](x)
         first = len(self.weights) - len(self.mtp)
         return self._blocks(x, range(first, first + 1), cache, batch)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(self._norm(hidden, self.norm), self.lm_head).float()
+        return self.lm_head(self._norm(hidden, self.norm)).float()
 
     def mtp_logits(self, state: torch.Tensor) -> torch.Tensor:
-        return F.linear(self._norm(state, self.mtp[0].final_layernorm.weight), self.lm_head).float()
+        return self.lm_head(self._norm(state, self.mtp[0].final_layernorm.weight)).float()

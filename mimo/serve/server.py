@@ -41,7 +41,7 @@ class APIError(Exception):
 
 
 def load_engine(checkpoint: str | Path, max_batch_size: int = 32, max_seq_len: int | None = None,
-                speculative_tokens: int | None = None, dtype: str | None = None) -> Engine:
+                speculative_tokens: int | None = None, dtype: str | None = None, prepack: bool = True) -> Engine:
     """A checkpoint folder (weights + tokenizer) -> an Engine; MTP speculation (k=1, MiMo's published
     setting) is on by default where the checkpoint has MTP layers."""
     from mimo.model import MiMoForCausalLM
@@ -52,7 +52,7 @@ def load_engine(checkpoint: str | Path, max_batch_size: int = 32, max_seq_len: i
     if speculative_tokens is None:
         speculative_tokens = 1 if model.config.num_nextn_predict_layers else 0
     return Engine(model, tokenizer, max_batch_size=max_batch_size, max_seq_len=max_seq_len,
-                  num_speculative_tokens=speculative_tokens)
+                  num_speculative_tokens=speculative_tokens, prepack=prepack)
 
 
 # ---- response pieces ---------------------------------------------------------------------------
@@ -368,14 +368,15 @@ def create_app(engine: Engine, model_name: str, max_waiting: int = 256) -> FastA
 
 def serve(checkpoint: Path, host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 32,
           max_seq_len: int = 0, speculative_tokens: int = -1, dtype: str = "", max_waiting: int = 256,
-          served_model_name: str = "") -> None:
+          served_model_name: str = "", prepack: bool = True) -> None:
     """Serve CHECKPOINT with an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /metrics).
 
     max_seq_len 0 = the model's context (capped at 4096); speculative_tokens -1 = 1 MTP draft where the
-    checkpoint has MTP layers, 0 = off; dtype "" = the checkpoint's."""
+    checkpoint has MTP layers, 0 = off; dtype "" = the checkpoint's; --no-prepack: skip the engine's
+    prepacked weight copies (CPU), for a model that fits in memory only once."""
     import uvicorn
 
     engine = load_engine(checkpoint, max_batch_size, max_seq_len or None,
-                         None if speculative_tokens < 0 else speculative_tokens, dtype or None)
+                         None if speculative_tokens < 0 else speculative_tokens, dtype or None, prepack)
     app = create_app(engine, served_model_name or Path(checkpoint).name, max_waiting)
     uvicorn.run(app, host=host, port=port, log_level="warning")
