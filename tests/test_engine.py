@@ -116,7 +116,7 @@ def test_weights_changed_in_place_are_picked_up(monkeypatch):
 
 def test_no_prepacking_when_the_copies_would_not_fit(model, monkeypatch, caplog):
     """Packed weight copies double the projections' memory; an engine that would run the machine out
-    of memory with them runs on the model's own weights instead, with the same output."""
+    of memory with them runs on the model's own weights instead (no copies), with the same output."""
     monkeypatch.setattr(_Linear, "PACK_MIN_BYTES", 0)
     prompts = random_prompts(2, 3, 9, model.config.vocab_size, seed=8)
     packed = Engine(model)
@@ -125,6 +125,9 @@ def test_no_prepacking_when_the_copies_would_not_fit(model, monkeypatch, caplog)
         unpacked = Engine(model)
     assert packed.runner.prepack == can_prepack(model.device, model.dtype) and not unpacked.runner.prepack
     assert "not prepacking" in caplog.text
+    layer, block = model.model.layers[0], unpacked.runner.weights[0]  # no copies: the model's own tensors
+    assert block.qkv.parts[0][0] is layer.self_attn.q_proj.weight and block.o.weight is layer.self_attn.o_proj.weight
+    assert unpacked.runner.lm_head.weight is model.lm_head.weight
     assert ([o.samples[0].token_ids for o in packed.generate(prompts, GREEDY)]
             == [o.samples[0].token_ids for o in unpacked.generate(prompts, GREEDY)])
 

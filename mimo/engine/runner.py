@@ -3,14 +3,15 @@
 Decoding a small model on a CPU costs per-op and per-module overhead more than arithmetic (a profile
 of mimo-2m at batch 1 had ~40% of a step outside the matmuls), so this runs the same computation as
 `mimo.model` with:
-- projections on weights prepacked once for oneDNN (CPU; bf16 all, fp32 from 1 MiB up), q/k/v
-  and gate/up each as one matmul. `F.linear` re-lays out its weight for the GEMM kernel on every call,
-  which on a CPU costs as much as the multiply itself at decode sizes (benchmarks/README.md: 1.2-2.1x
-  faster matmuls at 32 rows on such weights). The packed copies are rebuilt when any weight changes
-  in place (RL trains the model the engine samples from; a server loads new weights into it), which
-  `refresh` sees in the tensors' version counters. Replacing parameter objects instead (`module.weight = ...`) needs a new Engine.
-  The copies cost memory: those weights are held twice (`prepack=False` opts out, and so does the
-  runner when the copies would take more than half of the free memory);
+- q/k/v and gate/up each as one matmul, on weight copies prepacked once for oneDNN (CPU; bf16 all,
+  fp32 from 1 MiB up). `F.linear` re-lays out its weight for the GEMM kernel on every call, which on a
+  CPU costs as much as the multiply itself at decode sizes (benchmarks/README.md: 1.2-2.1x faster
+  matmuls at 32 rows on such weights). The copies are rebuilt when any weight changes in place (RL
+  trains the model the engine samples from; a server loads new weights into it), which `refresh` sees
+  in the tensors' version counters; replacing parameter objects (`module.weight = ...`) needs a new
+  Engine. They hold those weights twice, so where prepacking is off (`prepack=False`, no oneDNN CPU,
+  or copies that would take more than half of the free memory) the projections run one by one on
+  the model's own weights and the engine adds no weight memory;
 - plain tensors instead of module calls, and tokens flattened to [N, H] rows;
 - RoPE read from a table (cos/sin are elementwise in the position, so the table is exact) and applied
   in place to q and k together, with `roll` and a sign-folded sin in place of chunk/neg/cat;
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mimo.engine.cache import KVCache
 from mimo.model import DecoderLayer, MiMoForCausalLM
@@ -66,7 +68,9 @@ def can_prepack(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 class _Linear:
-    """x @ W.T (+ bias) (+ a residual added in the same kernel), W [out, in] prepacked or plain."""
+    """Projections of one input as one matmul, x @ [W1; W2; ...].T (+ biases) (+ a residual added in the
+    same kernel). With `copies`, the weights are concatenated and, where it pays, prepacked for oneDNN;
+    without, the model's own weights run one by one (no extra memory, a little slower)."""
 
     # oneDNN picks the packed layout for this many rows; measured best from 1 to 64 rows at decode sizes.
     PACK_ROWS = 32
@@ -75,12 +79,18 @@ class _Linear:
     # per shape). bf16 F.linear runs on oneDNN anyway, so packing only saves there.
     PACK_MIN_BYTES = 1 << 20
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, prepack: bool):
-        self.prepacked = prepack and (weight.dtype == torch.bfloat16 or weight.nbytes >= self.PACK_MIN_BYTES)
-        self.bias = bias
+    def __init__(self, layers: list[nn.Linear], copies: bool):
+        weights = [layer.weight for layer in layers]
+        biases = None if layers[0].bias is None else [layer.bias for layer in layers]
+        self.parts = None if copies or len(layers) == 1 else list(zip(weights, biases or [None] * len(layers)))
+        weight = torch.cat(weights) if len(weights) > 1 else weights[0]
+        self.bias = None if biases is None else torch.cat(biases) if len(biases) > 1 else biases[0]
+        self.prepacked = copies and (weight.dtype == torch.bfloat16 or weight.nbytes >= self.PACK_MIN_BYTES)
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, self.PACK_ROWS) if self.prepacked else weight
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self.parts is not None:
+            return torch.cat([F.linear(x, w, b) for w, b in self.parts], dim=-1)
         if self.prepacked:
             if residual is None:
                 return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
@@ -92,7 +102,7 @@ class _Linear:
 
 @dataclass
 class _Weights:
-    """One decoder block's weights as the runner reads them (live norm weights, packed projections)."""
+    """One decoder block's weights as the runner reads them (live norm weights, fused projections)."""
 
     input_norm: torch.Tensor
     qkv: _Linear
@@ -102,14 +112,11 @@ class _Weights:
     down: _Linear
 
     @classmethod
-    def of(cls, layer: DecoderLayer, prepack: bool) -> _Weights:
+    def of(cls, layer: DecoderLayer, copies: bool) -> _Weights:
         attn, mlp = layer.self_attn, layer.mlp
-        bias = None if attn.q_proj.bias is None else torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
-        qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
-        return cls(layer.input_layernorm.weight, _Linear(qkv, bias, prepack),
-                   _Linear(attn.o_proj.weight, None, prepack), layer.post_attention_layernorm.weight,
-                   _Linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), None, prepack),
-                   _Linear(mlp.down_proj.weight, None, prepack))
+        return cls(layer.input_layernorm.weight, _Linear([attn.q_proj, attn.k_proj, attn.v_proj], copies),
+                   _Linear([attn.o_proj], copies), layer.post_attention_layernorm.weight,
+                   _Linear([mlp.gate_proj, mlp.up_proj], copies), _Linear([mlp.down_proj], copies))
 
 
 @dataclass
@@ -139,7 +146,7 @@ class ModelRunner:
         free = available_memory()
         if self.prepack and free is not None and 2 * copies > free:
             log.warning("not prepacking the engine's weights: the %.1f GB of copies would leave too little of "
-                        "the %.1f GB of free memory", copies / 1e9, free / 1e9)
+                        "the %.1f GB of free memory; running on the model's own weights", copies / 1e9, free / 1e9)
             self.prepack = False
         self.mtp = list(model.model.mtp_layers)[:num_mtp_layers]
         self.embed, self.norm = model.model.embed_tokens.weight, model.model.norm.weight
@@ -151,8 +158,8 @@ class ModelRunner:
 
     def _pack(self) -> None:
         self.weights = [_Weights.of(layer, self.prepack) for layer in self._layers]
-        self.lm_head = _Linear(self.model.lm_head.weight, None, self.prepack)
-        self.mtp_input = [_Linear(layer.input_proj.weight, None, self.prepack) for layer in self.mtp]
+        self.lm_head = _Linear([self.model.lm_head], self.prepack)
+        self.mtp_input = [_Linear([layer.input_proj], self.prepack) for layer in self.mtp]
 
     def refresh(self) -> None:
         """Rebuild the packed weights if a weight changed in place (an optimizer step, a weight load)."""
