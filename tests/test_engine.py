@@ -127,6 +127,7 @@ def test_no_prepacking_when_the_copies_would_not_fit(model, monkeypatch, caplog)
     assert "not prepacking" in caplog.text
     layer, block = model.model.layers[0], unpacked.runner.weights[0]  # no copies: the model's own tensors
     assert block.qkv.parts[0][0] is layer.self_attn.q_proj.weight and block.o.weight is layer.self_attn.o_proj.weight
+    assert not hasattr(block.qkv, "weight") and not hasattr(block.gate_up, "weight")
     assert unpacked.runner.lm_head.weight is model.lm_head.weight
     assert ([o.samples[0].token_ids for o in packed.generate(prompts, GREEDY)]
             == [o.samples[0].token_ids for o in unpacked.generate(prompts, GREEDY)])

@@ -83,6 +83,9 @@ class _Linear:
         weights = [layer.weight for layer in layers]
         biases = None if layers[0].bias is None else [layer.bias for layer in layers]
         self.parts = None if copies or len(layers) == 1 else list(zip(weights, biases or [None] * len(layers)))
+        self.prepacked = False
+        if self.parts is not None:
+            return
         weight = torch.cat(weights) if len(weights) > 1 else weights[0]
         self.bias = None if biases is None else torch.cat(biases) if len(biases) > 1 else biases[0]
         self.prepacked = copies and (weight.dtype == torch.bfloat16 or weight.nbytes >= self.PACK_MIN_BYTES)
