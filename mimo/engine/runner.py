@@ -160,6 +160,7 @@ class ModelRunner:
         self.cos, self.sin = cos, torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)
 
     def _pack(self) -> None:
+        self.weights = self.lm_head = self.mtp_input = None  # drop old copies first: one set at a time in memory
         self.weights = [_Weights.of(layer, self.prepack) for layer in self._layers]
         self.lm_head = _Linear([self.model.lm_head], self.prepack)
         self.mtp_input = [_Linear([layer.input_proj], self.prepack) for layer in self.mtp]
